@@ -1,0 +1,227 @@
+//! The `ors` command: `validate` and `run` SCXML documents (the server comes next).
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use ors::files::{FileFactory, FileLoader, compile_file};
+use ors_scxml::Event;
+use ors_scxml::host::LocalHost;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "ors",
+    version,
+    about = "An SCXML orchestration server and tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check SCXML documents; prints `file:line:col: message` for every problem.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run a document, reading external events as JSON lines on stdin
+    /// (`{"name":"e1","data":{...}}`) and printing the configuration after each macrostep.
+    Run {
+        file: PathBuf,
+        /// Fire delayed sends at once, in order, instead of on the wall clock.
+        #[arg(long)]
+        virtual_time: bool,
+        /// Give up (exit 3) when the session has not ended by then. With --virtual-time,
+        /// this bounds virtual time.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+        /// Print `<log>` output on stderr.
+        #[arg(long)]
+        log: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Validate { files } => validate(&files),
+        Command::Run {
+            file,
+            virtual_time,
+            timeout_ms,
+            log,
+        } => run(&file, virtual_time, timeout_ms, log),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ors: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut bad = false;
+    for f in files {
+        match compile_file(f, Some(&ors_ecmascript::SyntaxChecker)) {
+            Ok(_) => {}
+            Err(e) => {
+                bad = true;
+                println!("{e}");
+            }
+        }
+    }
+    Ok(if bad {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn status(host: &LocalHost<FileFactory>, sid: &str) -> bool {
+    let s = host.session(sid).expect("the session stays in the host");
+    let done = s.is_done();
+    println!(
+        "{}",
+        json!({ "configuration": s.active_atomic_states(), "done": done })
+    );
+    done
+}
+
+fn flush_logs(host: &mut LocalHost<FileFactory>, enabled: bool) {
+    for l in host.logs.drain(..) {
+        if enabled {
+            eprintln!("log {}: {}: {}", l.sessionid, l.label, l.message);
+        }
+    }
+}
+
+fn parse_event(line: &str) -> anyhow::Result<Event> {
+    let v: Value = serde_json::from_str(line).context("an event line must be JSON")?;
+    let Some(name) = v.get("name").and_then(Value::as_str) else {
+        bail!("an event line needs a string \"name\"");
+    };
+    if name.is_empty() {
+        bail!("the event name is empty");
+    }
+    Ok(Event::external(name, v.get("data").cloned()))
+}
+
+fn run(
+    file: &std::path::Path,
+    virtual_time: bool,
+    timeout_ms: u64,
+    log: bool,
+) -> anyhow::Result<ExitCode> {
+    let doc = compile_file(file, None).map_err(anyhow::Error::msg)?;
+    let factory = FileFactory {
+        loader: FileLoader::for_document(file),
+    };
+    let mut host = LocalHost::new(factory, "run-");
+    let started = Instant::now();
+    let now = |started: &Instant| started.elapsed().as_millis() as u64;
+
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let sid = host.start(doc, &[]);
+    if virtual_time {
+        host.run_virtual(timeout_ms);
+    }
+    flush_logs(&mut host, log);
+    if status(&host, &sid) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut stdin_open = true;
+    loop {
+        if !virtual_time && now(&started) >= timeout_ms {
+            eprintln!("ors: timed out after {timeout_ms} ms");
+            return Ok(ExitCode::from(3));
+        }
+        if !stdin_open {
+            match host.next_due() {
+                None => return Ok(ExitCode::SUCCESS),
+                Some(due) if virtual_time => {
+                    if due > timeout_ms {
+                        eprintln!("ors: timed out at virtual time {timeout_ms} ms");
+                        return Ok(ExitCode::from(3));
+                    }
+                    host.advance_to(due);
+                }
+                Some(due) => {
+                    let wait = due
+                        .saturating_sub(now(&started))
+                        .min(timeout_ms.saturating_sub(now(&started)));
+                    std::thread::sleep(Duration::from_millis(wait));
+                    host.advance_to(now(&started));
+                }
+            }
+            flush_logs(&mut host, log);
+            if host.session(&sid).is_some_and(|s| s.is_done()) {
+                status(&host, &sid);
+                return Ok(ExitCode::SUCCESS);
+            }
+            continue;
+        }
+        // Wait for input, waking for the next timer on the wall clock.
+        let wait = match (virtual_time, host.next_due()) {
+            (false, Some(due)) => Duration::from_millis(due.saturating_sub(now(&started))),
+            _ => Duration::from_millis(timeout_ms.saturating_sub(now(&started)).max(1)),
+        };
+        match rx.recv_timeout(wait) {
+            Ok(line) => {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let ev = match parse_event(&line) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        eprintln!("ors: ignoring input line: {e:#}");
+                        continue;
+                    }
+                };
+                if !virtual_time {
+                    host.advance_to(now(&started));
+                }
+                if let Err(e) = host.send(&sid, ev) {
+                    eprintln!("ors: event not queued: {e}");
+                }
+                if virtual_time {
+                    host.run_virtual(timeout_ms);
+                }
+                flush_logs(&mut host, log);
+                if status(&host, &sid) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if virtual_time {
+                    eprintln!("ors: timed out after {timeout_ms} ms");
+                    return Ok(ExitCode::from(3));
+                }
+                host.advance_to(now(&started));
+                flush_logs(&mut host, log);
+                if host.session(&sid).is_some_and(|s| s.is_done()) {
+                    status(&host, &sid);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => stdin_open = false,
+        }
+    }
+}

@@ -1,0 +1,312 @@
+#![doc = include_str!("../README.md")]
+
+mod dom;
+mod runtime;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use boa_engine::property::PropertyDescriptor;
+use boa_engine::{JsString, JsValue};
+use ors_scxml::datamodel::{AssignFrom, Datamodel, DmError, DmResult, SystemVars};
+use ors_scxml::model::{Content, DataInit, DataItem, ExprId, ExprKind, StateId};
+use ors_scxml::{Document, Event};
+use serde_json::Value;
+
+use runtime::{Mode, with_rt};
+pub use runtime::{RuntimeOptions, configure_thread, release_thread, thread_stats};
+
+/// The ECMAScript datamodel of one session.
+///
+/// The session owns no JS context: every thread has one shared context, and a session's
+/// variables are installed into it for the length of a call into the session
+/// ([`Datamodel::begin`] to [`Datamodel::end`]) and taken out afterwards. An idle session
+/// therefore costs only its own values. Not `Send`: a session lives on the thread that
+/// created it.
+pub struct EcmaDatamodel {
+    doc: Arc<Document>,
+    vars: Vec<(JsString, JsValue)>,
+    system: Option<Vec<(JsString, JsValue)>>,
+    system_vars: Rc<SystemVars>,
+    event: Option<JsValue>,
+    active: Rc<RefCell<Vec<bool>>>,
+    foreach: Vec<Vec<JsValue>>,
+    installed: bool,
+}
+
+impl EcmaDatamodel {
+    pub fn new(doc: Arc<Document>, vars: &SystemVars) -> Self {
+        let n = doc.states.len();
+        EcmaDatamodel {
+            doc,
+            vars: Vec::new(),
+            system: None,
+            system_vars: Rc::new(vars.clone()),
+            event: None,
+            active: Rc::new(RefCell::new(vec![false; n])),
+            foreach: Vec::new(),
+            installed: false,
+        }
+    }
+
+    fn eval_js(&mut self, e: ExprId) -> DmResult<JsValue> {
+        with_rt(|rt| rt.eval(&self.doc, e, Mode::Value))
+    }
+
+    fn content_value(&mut self, c: &Content) -> DmResult<JsValue> {
+        with_rt(|rt| rt.content(c))
+    }
+
+    fn set_var(&mut self, name: &str, v: JsValue) -> DmResult<()> {
+        with_rt(|rt| {
+            let g = rt.ctx.global_object();
+            g.insert_property(
+                JsString::from(name),
+                PropertyDescriptor::builder()
+                    .value(v)
+                    .writable(true)
+                    .enumerable(true)
+                    .configurable(true),
+            );
+            Ok(())
+        })
+    }
+}
+
+fn err(e: impl ToString) -> DmError {
+    DmError::new(e.to_string())
+}
+
+impl Datamodel for EcmaDatamodel {
+    fn begin(&mut self) {
+        if self.installed {
+            return;
+        }
+        self.installed = true;
+        let vars = std::mem::take(&mut self.vars);
+        with_rt(|rt| {
+            if self.system.is_none() {
+                self.system = Some(rt.system_values(&self.system_vars));
+            }
+            let g = rt.ctx.global_object();
+            for (k, v) in self.system.as_ref().expect("set above") {
+                g.insert_property(k.clone(), runtime::readonly(v.clone()));
+            }
+            if self.doc.uses_event {
+                // Bound (to undefined) before the first event, as the spec asks.
+                let ev = self.event.clone().unwrap_or_default();
+                g.insert_property(runtime::event_key(), runtime::readonly(ev));
+            }
+            for (k, v) in vars {
+                g.insert_property(
+                    k,
+                    PropertyDescriptor::builder()
+                        .value(v)
+                        .writable(true)
+                        .enumerable(true)
+                        .configurable(true),
+                );
+            }
+            if self.doc.uses_in {
+                rt.set_active(Some((self.doc.clone(), self.active.clone())));
+            }
+        });
+    }
+
+    fn end(&mut self) {
+        if !self.installed {
+            return;
+        }
+        self.installed = false;
+        self.vars = with_rt(|rt| {
+            let names = self
+                .system
+                .as_ref()
+                .map(|s| s.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let vars = rt.take_globals(&self.doc, &names);
+            if self.doc.uses_in {
+                rt.set_active(None);
+            }
+            vars
+        });
+    }
+
+    fn declare(&mut self, item: &DataItem) -> DmResult<()> {
+        self.set_var(&item.id, JsValue::undefined())
+    }
+
+    fn init_data(&mut self, item: &DataItem, value: Option<&Value>) -> DmResult<()> {
+        let (v, failure) = match (value, &item.init) {
+            (Some(v), _) => (
+                with_rt(|rt| JsValue::from_json(v, &mut rt.ctx).map_err(err))?,
+                None,
+            ),
+            (None, DataInit::None) => (JsValue::undefined(), None),
+            (None, DataInit::Expr(e)) => match self.eval_js(*e) {
+                Ok(v) => (v, None),
+                Err(e) => (JsValue::undefined(), Some(e)),
+            },
+            (None, DataInit::Content(c)) => match self.content_value(c) {
+                Ok(v) => (v, None),
+                Err(e) => (JsValue::undefined(), Some(e)),
+            },
+            (None, DataInit::SrcFailed(m)) => {
+                (JsValue::undefined(), Some(DmError::new(m.to_string())))
+            }
+        };
+        self.set_var(&item.id, v)?;
+        match failure {
+            Some(e) => Err(DmError::new(format!("<data id=\"{}\">: {}", item.id, e.0))),
+            None => Ok(()),
+        }
+    }
+
+    fn set_event(&mut self, event: &Event) {
+        if !self.doc.uses_event {
+            return;
+        }
+        let ev = with_rt(|rt| rt.event_object(event));
+        with_rt(|rt| {
+            rt.ctx
+                .global_object()
+                .insert_property(runtime::event_key(), runtime::readonly(ev.clone()));
+        });
+        self.event = Some(ev);
+    }
+
+    fn eval_cond(&mut self, e: ExprId) -> DmResult<bool> {
+        Ok(self.eval_js(e)?.to_boolean())
+    }
+
+    fn eval_value(&mut self, e: ExprId) -> DmResult<Value> {
+        with_rt(|rt| {
+            let v = rt.eval(&self.doc, e, Mode::Value)?;
+            rt.json_of(&v)
+        })
+    }
+
+    fn eval_content(&mut self, e: ExprId) -> DmResult<Content> {
+        with_rt(|rt| {
+            let v = rt.eval(&self.doc, e, Mode::Value)?;
+            if let Some(xml) = crate::dom::source_of(&v, &mut rt.ctx) {
+                return Ok(Content::Xml(xml.into()));
+            }
+            Ok(Content::Json(rt.json_of(&v)?))
+        })
+    }
+
+    fn eval_string(&mut self, e: ExprId) -> DmResult<String> {
+        with_rt(|rt| {
+            let v = rt.eval(&self.doc, e, Mode::Value)?;
+            v.to_string(&mut rt.ctx)
+                .map(|s| s.to_std_string_escaped())
+                .map_err(err)
+        })
+    }
+
+    fn assign(&mut self, location: ExprId, from: AssignFrom) -> DmResult<()> {
+        with_rt(|rt| {
+            let v = match from {
+                AssignFrom::Expr(e) => rt.eval(&self.doc, e, Mode::Value)?,
+                AssignFrom::Content(c) => rt.content(c)?,
+                AssignFrom::Value(v) => JsValue::from_json(v, &mut rt.ctx).map_err(err)?,
+            };
+            rt.assign(&self.doc, location, Mode::Assign, v)
+        })
+    }
+
+    fn exec_script(&mut self, e: ExprId) -> DmResult<()> {
+        with_rt(|rt| rt.eval(&self.doc, e, Mode::Script).map(|_| ()))
+    }
+
+    fn foreach_begin(&mut self, array: ExprId) -> DmResult<usize> {
+        let items = with_rt(|rt| {
+            let v = rt.eval(&self.doc, array, Mode::Value)?;
+            rt.array_items(&v)
+        })?;
+        let n = items.len();
+        self.foreach.push(items);
+        Ok(n)
+    }
+
+    fn foreach_bind(&mut self, item: ExprId, index: Option<ExprId>, i: usize) -> DmResult<()> {
+        let v = self
+            .foreach
+            .last()
+            .and_then(|items| items.get(i).cloned())
+            .ok_or_else(|| DmError::new("foreach index out of range"))?;
+        with_rt(|rt| {
+            rt.assign(&self.doc, item, Mode::Declare, v)?;
+            if let Some(ix) = index {
+                rt.assign(&self.doc, ix, Mode::Declare, JsValue::from(i as f64))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn foreach_end(&mut self) {
+        self.foreach.pop();
+    }
+
+    fn set_active(&mut self, state: StateId, active: bool) {
+        self.active.borrow_mut()[state as usize] = active;
+    }
+
+    fn snapshot(&mut self) -> DmResult<Value> {
+        let was = self.installed;
+        self.end();
+        let out = with_rt(|rt| {
+            let mut m = serde_json::Map::new();
+            for (k, v) in &self.vars {
+                if v.as_callable().is_some() {
+                    continue; // functions are not data; documented limitation
+                }
+                let j = rt.json_of(v)?;
+                m.insert(k.to_std_string_escaped(), j);
+            }
+            Ok(Value::Object(m))
+        });
+        if was {
+            self.begin();
+        }
+        out
+    }
+
+    fn restore(&mut self, vars: &Value) -> DmResult<()> {
+        let Value::Object(m) = vars else {
+            return Err(DmError::new("datamodel snapshot is not a JSON object"));
+        };
+        for (k, v) in m {
+            let js = with_rt(|rt| JsValue::from_json(v, &mut rt.ctx).map_err(err))?;
+            if self.installed {
+                self.set_var(k, js)?;
+            } else {
+                self.vars.push((JsString::from(k.as_str()), js));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks ECMAScript expression syntax without running anything (for `ors validate`).
+pub struct SyntaxChecker;
+
+impl ors_scxml::compile::SyntaxCheck for SyntaxChecker {
+    fn check(&self, kind: ExprKind, src: &str) -> Result<(), String> {
+        with_rt(|rt| rt.check_syntax(kind, src))
+    }
+}
+
+/// Makes an [`EcmaDatamodel`] or a [`ors_scxml::NullDatamodel`] as the document asks.
+pub fn datamodel_for(doc: &Arc<Document>, vars: &SystemVars) -> Box<dyn Datamodel> {
+    match doc.datamodel {
+        ors_scxml::model::DatamodelKind::EcmaScript => {
+            Box::new(EcmaDatamodel::new(doc.clone(), vars))
+        }
+        ors_scxml::model::DatamodelKind::Null => {
+            Box::new(ors_scxml::NullDatamodel::new(doc.clone()))
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! The per-thread JS runtime: one boa `Context` shared by every session on the thread, and
+//! the compiled form of every expression of every document seen on it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::mem::ManuallyDrop;
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
+
+use boa_engine::object::builtins::JsArray;
+use boa_engine::property::{PropertyDescriptor, PropertyKey};
+use boa_engine::{Context, JsObject, JsString, JsValue, NativeFunction, Script, Source, js_string};
+use ors_scxml::datamodel::{DmError, DmResult, SystemVars};
+use ors_scxml::model::{Content, ExprId, ExprKind};
+use ors_scxml::{Document, Event};
+use serde_json::Value;
+
+/// Limits for scripts, per thread.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeOptions {
+    /// Loop iterations allowed in one call frame (boa counts per frame).
+    pub loop_iteration_limit: u64,
+    /// Nested calls allowed.
+    pub recursion_limit: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            loop_iteration_limit: 1_000_000,
+            recursion_limit: 256,
+        }
+    }
+}
+
+/// How an expression is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Evaluate to a value (strict mode: cannot create globals).
+    Value = 0,
+    /// `<script>`: sloppy global code.
+    Script = 1,
+    /// Assign to a location that must exist (strict mode).
+    Assign = 2,
+    /// Assign to a variable that may be created (`<foreach item/index>`).
+    Declare = 3,
+}
+
+#[derive(Clone)]
+enum Compiled {
+    Script(Script),
+    Func(JsObject),
+    Bad(String),
+}
+
+struct DocCache {
+    doc: Weak<Document>,
+    compiled: Vec<Option<Compiled>>,
+    /// Globals a session of this document can create without `<script>`: data ids and
+    /// plain identifiers used as locations.
+    known: Vec<JsString>,
+    /// The document has `<script>`: any global may appear, so scan them all.
+    full_scan: bool,
+}
+
+pub(crate) struct Runtime {
+    pub ctx: Context,
+    baseline: HashSet<PropertyKey>,
+    docs: HashMap<u64, DocCache>,
+    dom: JsObject,
+}
+
+type Active = Option<(Arc<Document>, Rc<RefCell<Vec<bool>>>)>;
+
+thread_local! {
+    // ManuallyDrop: boa's garbage collector keeps its own thread-local state, which may be
+    // torn down before ours at thread exit; dropping a Context after it corrupts the heap.
+    // `release_thread` drops it explicitly while that is still safe.
+    static RUNTIME: RefCell<Option<ManuallyDrop<Runtime>>> = const { RefCell::new(None) };
+    static OPTIONS: Cell<RuntimeOptions> = Cell::new(RuntimeOptions::default());
+    static ACTIVE: RefCell<Active> = const { RefCell::new(None) };
+}
+
+/// Sets the script limits for this thread's runtime (before its first use, or it is
+/// rebuilt).
+pub fn configure_thread(opts: RuntimeOptions) {
+    OPTIONS.with(|o| o.set(opts));
+    RUNTIME.with(|r| {
+        if let Some(rt) = r.borrow_mut().as_mut() {
+            apply_limits(&mut rt.ctx, opts);
+        }
+    });
+}
+
+/// Drops this thread's JS runtime. Every session datamodel of the thread must be dropped
+/// first. Without this call the runtime lives until the process ends (it is never dropped
+/// during thread teardown, which boa does not survive).
+pub fn release_thread() {
+    RUNTIME.with(|r| {
+        if let Some(rt) = r.borrow_mut().take() {
+            drop(ManuallyDrop::into_inner(rt));
+        }
+    });
+}
+
+/// `(documents compiled on this thread, expressions compiled)`.
+pub fn thread_stats() -> (usize, usize) {
+    RUNTIME.with(|r| {
+        r.borrow()
+            .as_ref()
+            .map(|rt| {
+                let n = rt
+                    .docs
+                    .values()
+                    .map(|d| d.compiled.iter().filter(|c| c.is_some()).count())
+                    .sum();
+                (rt.docs.len(), n)
+            })
+            .unwrap_or((0, 0))
+    })
+}
+
+fn apply_limits(ctx: &mut Context, o: RuntimeOptions) {
+    let l = ctx.runtime_limits_mut();
+    l.set_loop_iteration_limit(o.loop_iteration_limit);
+    l.set_recursion_limit(o.recursion_limit);
+}
+
+pub(crate) fn with_rt<R>(f: impl FnOnce(&mut Runtime) -> R) -> R {
+    RUNTIME.with(|r| {
+        let mut b = r.borrow_mut();
+        let rt = b.get_or_insert_with(|| ManuallyDrop::new(Runtime::new()));
+        f(rt)
+    })
+}
+
+pub(crate) fn readonly(v: JsValue) -> PropertyDescriptor {
+    PropertyDescriptor::builder()
+        .value(v)
+        .writable(false)
+        .enumerable(true)
+        .configurable(true)
+        .build()
+}
+
+pub(crate) fn event_key() -> JsString {
+    js_string!("_event")
+}
+
+fn js_err(e: boa_engine::JsError) -> DmError {
+    DmError::new(e.to_string())
+}
+
+fn in_predicate(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> boa_engine::JsResult<JsValue> {
+    let name = args
+        .first()
+        .cloned()
+        .unwrap_or_default()
+        .to_string(ctx)?
+        .to_std_string_escaped();
+    let on = ACTIVE.with(|a| {
+        a.borrow().as_ref().is_some_and(|(doc, active)| {
+            doc.state_by_name(&name)
+                .is_some_and(|s| active.borrow().get(s as usize).copied().unwrap_or(false))
+        })
+    });
+    Ok(JsValue::from(on))
+}
+
+impl Runtime {
+    fn new() -> Runtime {
+        let mut ctx = Context::default();
+        apply_limits(&mut ctx, OPTIONS.with(Cell::get));
+        ctx.register_global_callable(
+            js_string!("In"),
+            1,
+            NativeFunction::from_fn_ptr(in_predicate),
+        )
+        .expect("registering a global function on a fresh context");
+        let dom = crate::dom::install(&mut ctx);
+        let g = ctx.global_object();
+        let baseline = g
+            .own_property_keys(&mut ctx)
+            .expect("own_property_keys of the global object")
+            .into_iter()
+            .collect();
+        Runtime {
+            ctx,
+            baseline,
+            docs: HashMap::new(),
+            dom,
+        }
+    }
+
+    pub fn set_active(&mut self, a: Active) {
+        ACTIVE.with(|x| *x.borrow_mut() = a);
+    }
+
+    fn cache(&mut self, doc: &Arc<Document>) -> &mut DocCache {
+        if !self.docs.contains_key(&doc.uid) {
+            // Forget documents nobody runs any more.
+            self.docs.retain(|_, d| d.doc.strong_count() > 0);
+            let mut known: Vec<JsString> = doc.all_data().map(|d| JsString::from(&*d.id)).collect();
+            for e in &doc.exprs {
+                let s = e.src.trim();
+                if e.kind == ExprKind::Location && is_identifier(s) {
+                    let k = JsString::from(s);
+                    if !known.contains(&k) {
+                        known.push(k);
+                    }
+                }
+            }
+            self.docs.insert(
+                doc.uid,
+                DocCache {
+                    doc: Arc::downgrade(doc),
+                    compiled: vec![None; doc.exprs.len() * 4],
+                    known,
+                    full_scan: doc.exprs.iter().any(|e| e.kind == ExprKind::Script),
+                },
+            );
+        }
+        self.docs.get_mut(&doc.uid).expect("inserted above")
+    }
+
+    fn compiled(&mut self, doc: &Arc<Document>, e: ExprId, mode: Mode) -> Compiled {
+        let slot = e as usize * 4 + mode as usize;
+        if let Some(c) = self.cache(doc).compiled.get(slot).cloned().flatten() {
+            return c;
+        }
+        let src = &doc.expr(e).src;
+        let c = self.compile(src, mode);
+        if let Some(s) = self.cache(doc).compiled.get_mut(slot) {
+            *s = Some(c.clone());
+        }
+        c
+    }
+
+    fn compile(&mut self, src: &str, mode: Mode) -> Compiled {
+        let text = match mode {
+            Mode::Value => format!("\"use strict\";(\n{}\n)", trim_expr(src)),
+            Mode::Script => src.to_string(),
+            Mode::Assign => format!("(function(__ors_v){{\"use strict\";(\n{src}\n) = __ors_v;}})"),
+            Mode::Declare => {
+                if !is_identifier(src.trim()) {
+                    return Compiled::Bad(format!("\"{}\" is not a variable name", src.trim()));
+                }
+                format!("(function(__ors_v){{ {} = __ors_v;}})", src.trim())
+            }
+        };
+        let script = match Script::parse(Source::from_bytes(text.as_bytes()), None, &mut self.ctx) {
+            Ok(s) => s,
+            Err(e) => return Compiled::Bad(format!("syntax error in \"{}\": {e}", src.trim())),
+        };
+        match mode {
+            Mode::Value | Mode::Script => Compiled::Script(script),
+            Mode::Assign | Mode::Declare => match script.evaluate(&mut self.ctx) {
+                Ok(f) => match f.as_object() {
+                    Some(o) => Compiled::Func(o.clone()),
+                    None => {
+                        Compiled::Bad("internal: assignment did not compile to a function".into())
+                    }
+                },
+                Err(e) => Compiled::Bad(e.to_string()),
+            },
+        }
+    }
+
+    pub fn check_syntax(&mut self, kind: ExprKind, src: &str) -> Result<(), String> {
+        let mode = match kind {
+            ExprKind::Cond | ExprKind::Value => Mode::Value,
+            ExprKind::Script => Mode::Script,
+            ExprKind::Location => Mode::Assign,
+        };
+        let text = match mode {
+            Mode::Value => format!("\"use strict\";(\n{src}\n)"),
+            Mode::Script => src.to_string(),
+            _ => format!("(function(__ors_v){{\"use strict\";(\n{src}\n) = __ors_v;}})"),
+        };
+        Script::parse(Source::from_bytes(text.as_bytes()), None, &mut self.ctx)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn eval(&mut self, doc: &Arc<Document>, e: ExprId, mode: Mode) -> DmResult<JsValue> {
+        match self.compiled(doc, e, mode) {
+            Compiled::Script(s) => s.evaluate(&mut self.ctx).map_err(js_err),
+            Compiled::Func(f) => f
+                .call(&JsValue::undefined(), &[], &mut self.ctx)
+                .map_err(js_err),
+            Compiled::Bad(m) => Err(DmError::new(m)),
+        }
+    }
+
+    pub fn assign(
+        &mut self,
+        doc: &Arc<Document>,
+        loc: ExprId,
+        mode: Mode,
+        v: JsValue,
+    ) -> DmResult<()> {
+        match self.compiled(doc, loc, mode) {
+            Compiled::Func(f) => f
+                .call(&JsValue::undefined(), &[v], &mut self.ctx)
+                .map(|_| ())
+                .map_err(|e| {
+                    DmError::new(format!(
+                        "cannot assign to \"{}\": {e}",
+                        doc.expr(loc).src.trim()
+                    ))
+                }),
+            Compiled::Bad(m) => Err(DmError::new(m)),
+            Compiled::Script(_) => Err(DmError::new("internal: location compiled as a script")),
+        }
+    }
+
+    pub fn json_of(&mut self, v: &JsValue) -> DmResult<Value> {
+        Ok(v.to_json(&mut self.ctx)
+            .map_err(js_err)?
+            .unwrap_or(Value::Null))
+    }
+
+    pub fn content(&mut self, c: &Content) -> DmResult<JsValue> {
+        match c {
+            Content::Json(v) => JsValue::from_json(v, &mut self.ctx).map_err(js_err),
+            Content::Text(t) => Ok(JsValue::from(JsString::from(&**t))),
+            Content::Xml(x) => crate::dom::build(&self.dom.clone(), x, &mut self.ctx),
+        }
+    }
+
+    pub fn array_items(&mut self, v: &JsValue) -> DmResult<Vec<JsValue>> {
+        let Some(o) = v.as_object() else {
+            return Err(DmError::new("foreach array is not an array"));
+        };
+        if !o.is_array() {
+            return Err(DmError::new("foreach array is not an array"));
+        }
+        let arr = JsArray::from_object(o.clone()).map_err(js_err)?;
+        let n = arr.length(&mut self.ctx).map_err(js_err)?;
+        let mut out = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            out.push(arr.get(i, &mut self.ctx).map_err(js_err)?);
+        }
+        Ok(out)
+    }
+
+    pub fn system_values(&mut self, s: &SystemVars) -> Vec<(JsString, JsValue)> {
+        let io = JsValue::from_json(&s.ioprocessors, &mut self.ctx).unwrap_or_default();
+        vec![
+            (
+                js_string!("_sessionid"),
+                JsValue::from(JsString::from(s.sessionid.as_str())),
+            ),
+            (
+                js_string!("_name"),
+                s.name
+                    .as_deref()
+                    .map(|n| JsValue::from(JsString::from(n)))
+                    .unwrap_or_default(),
+            ),
+            (js_string!("_ioprocessors"), io),
+        ]
+    }
+
+    pub fn event_object(&mut self, ev: &Event) -> JsValue {
+        let o = JsObject::with_object_proto(self.ctx.intrinsics());
+        let s = |x: &Option<String>| match x {
+            Some(v) => JsValue::from(JsString::from(v.as_str())),
+            None => JsValue::undefined(),
+        };
+        let kind = match ev.kind {
+            ors_scxml::EventType::Platform => "platform",
+            ors_scxml::EventType::Internal => "internal",
+            ors_scxml::EventType::External => "external",
+        };
+        let data = match &ev.data {
+            None => JsValue::undefined(),
+            Some(c) => self.content(c).unwrap_or_default(),
+        };
+        let fields: [(&str, JsValue); 7] = [
+            ("name", JsValue::from(JsString::from(ev.name.as_str()))),
+            ("type", JsValue::from(JsString::from(kind))),
+            ("sendid", s(&ev.sendid)),
+            ("origin", s(&ev.origin)),
+            ("origintype", s(&ev.origintype)),
+            ("invokeid", s(&ev.invokeid)),
+            ("data", data),
+        ];
+        for (k, v) in fields {
+            o.insert_property(
+                JsString::from(k),
+                PropertyDescriptor::builder()
+                    .value(v)
+                    .writable(false)
+                    .enumerable(true)
+                    .configurable(false),
+            );
+        }
+        JsValue::from(o)
+    }
+
+    /// Takes every session global out of the shared context: the values are returned and
+    /// the properties deleted, so the next session on this thread starts clean.
+    pub fn take_globals(
+        &mut self,
+        doc: &Arc<Document>,
+        system: &[JsString],
+    ) -> Vec<(JsString, JsValue)> {
+        let g = self.ctx.global_object();
+        let (full, known) = {
+            let c = self.cache(doc);
+            (c.full_scan, c.known.clone())
+        };
+        let keys: Vec<PropertyKey> = if full {
+            g.own_property_keys(&mut self.ctx)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|k| !self.baseline.contains(k))
+                .collect()
+        } else {
+            let mut k: Vec<PropertyKey> = known.into_iter().map(PropertyKey::from).collect();
+            k.extend(system.iter().cloned().map(PropertyKey::from));
+            k.push(PropertyKey::from(js_string!("_event")));
+            k
+        };
+        let mut out = Vec::new();
+        for k in keys {
+            if !g
+                .has_own_property(k.clone(), &mut self.ctx)
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            let value = g.get(k.clone(), &mut self.ctx).unwrap_or_default();
+            let is_system = match &k {
+                PropertyKey::String(s) => system.contains(s) || *s == js_string!("_event"),
+                _ => false,
+            };
+            if !is_system && let PropertyKey::String(name) = &k {
+                out.push((name.clone(), value));
+            }
+            // `var` makes non-configurable globals; make it deletable first.
+            g.insert_property(
+                k.clone(),
+                PropertyDescriptor::builder()
+                    .value(JsValue::undefined())
+                    .writable(true)
+                    .enumerable(true)
+                    .configurable(true),
+            );
+            let _ = g.delete_property_or_throw(k, &mut self.ctx);
+        }
+        out
+    }
+}
+
+/// An expression may end with `;` (as in `expr="new Foo();"`), which is not valid inside
+/// the parentheses it is compiled in.
+fn trim_expr(src: &str) -> &str {
+    src.trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_alphabetic() || c == '_' || c == '$' => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+}

@@ -1,0 +1,148 @@
+//! The datamodel interface and the null datamodel.
+
+use serde_json::Value;
+
+use crate::event::Event;
+use crate::model::{Content, DataItem, ExprId, StateId};
+
+/// An evaluation failure; the interpreter turns it into `error.execution`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DmError(pub String);
+
+impl DmError {
+    pub fn new(m: impl Into<String>) -> Self {
+        DmError(m.into())
+    }
+}
+
+pub type DmResult<T> = Result<T, DmError>;
+
+/// What `<assign>` stores.
+pub enum AssignFrom<'a> {
+    Expr(ExprId),
+    Content(&'a Content),
+    Value(&'a Value),
+}
+
+/// Values the platform defines for every session.
+#[derive(Debug, Clone)]
+pub struct SystemVars {
+    pub sessionid: String,
+    pub name: Option<String>,
+    /// `_ioprocessors`: an object keyed by processor type with a `location` each.
+    pub ioprocessors: Value,
+}
+
+/// A session's datamodel. Expressions are named by [`ExprId`] into the session's document;
+/// implementations compile each once per document, not per evaluation.
+///
+/// `begin`/`end` bracket every call into the session (one macrostep or more), so a
+/// datamodel may keep its live state elsewhere in between (the ECMAScript one swaps it in
+/// and out of a per-thread JS context).
+pub trait Datamodel {
+    fn begin(&mut self) {}
+    fn end(&mut self) {}
+    /// Declare every data item without a value (late binding declares all at start).
+    fn declare(&mut self, item: &DataItem) -> DmResult<()>;
+    /// Initialise a data item, from `value` when the host supplied one (invoke params,
+    /// session-start parameters).
+    fn init_data(&mut self, item: &DataItem, value: Option<&Value>) -> DmResult<()>;
+    fn set_event(&mut self, event: &Event);
+    fn eval_cond(&mut self, e: ExprId) -> DmResult<bool>;
+    fn eval_value(&mut self, e: ExprId) -> DmResult<Value>;
+    /// Evaluate `<content expr>`: like [`Datamodel::eval_value`], but a datamodel that
+    /// holds XML documents returns them as XML.
+    fn eval_content(&mut self, e: ExprId) -> DmResult<Content> {
+        self.eval_value(e).map(Content::Json)
+    }
+    /// Evaluate and convert to a string with the datamodel's own rules.
+    fn eval_string(&mut self, e: ExprId) -> DmResult<String>;
+    fn assign(&mut self, location: ExprId, from: AssignFrom) -> DmResult<()>;
+    fn exec_script(&mut self, e: ExprId) -> DmResult<()>;
+    /// Start a `<foreach>`: evaluate the array and keep a shallow copy; returns its length.
+    fn foreach_begin(&mut self, array: ExprId) -> DmResult<usize>;
+    fn foreach_bind(&mut self, item: ExprId, index: Option<ExprId>, i: usize) -> DmResult<()>;
+    fn foreach_end(&mut self);
+    /// Tells the datamodel about configuration changes (used by `In()`); only called when
+    /// the document mentions `In(`.
+    fn set_active(&mut self, state: StateId, active: bool);
+    /// The datamodel's variables as JSON, for a snapshot.
+    fn snapshot(&mut self) -> DmResult<Value>;
+    /// Restores variables from [`Datamodel::snapshot`] output.
+    fn restore(&mut self, vars: &Value) -> DmResult<()>;
+}
+
+/// The null datamodel: no data; `cond` supports only `In('state')`.
+pub struct NullDatamodel {
+    doc: std::sync::Arc<crate::Document>,
+    active: Vec<bool>,
+}
+
+impl NullDatamodel {
+    pub fn new(doc: std::sync::Arc<crate::Document>) -> Self {
+        let n = doc.states.len();
+        NullDatamodel {
+            doc,
+            active: vec![false; n],
+        }
+    }
+}
+
+fn unsupported<T>() -> DmResult<T> {
+    Err(DmError::new("the null datamodel has no data or scripts"))
+}
+
+impl Datamodel for NullDatamodel {
+    fn declare(&mut self, _: &DataItem) -> DmResult<()> {
+        unsupported()
+    }
+    fn init_data(&mut self, _: &DataItem, _: Option<&Value>) -> DmResult<()> {
+        unsupported()
+    }
+    fn set_event(&mut self, _: &Event) {}
+    fn eval_cond(&mut self, e: ExprId) -> DmResult<bool> {
+        let src = self.doc.expr(e).src.trim();
+        let inner = src
+            .strip_prefix("In(")
+            .and_then(|s| s.strip_suffix(')'))
+            .map(|s| s.trim().trim_matches(|c| c == '\'' || c == '"'))
+            .ok_or_else(|| {
+                DmError::new(format!(
+                    "the null datamodel only supports In('id'), not {src}"
+                ))
+            })?;
+        Ok(self
+            .doc
+            .state_by_name(inner)
+            .is_some_and(|s| self.active[s as usize]))
+    }
+    fn eval_value(&mut self, _: ExprId) -> DmResult<Value> {
+        unsupported()
+    }
+    fn eval_string(&mut self, _: ExprId) -> DmResult<String> {
+        unsupported()
+    }
+    fn assign(&mut self, _: ExprId, _: AssignFrom) -> DmResult<()> {
+        unsupported()
+    }
+    fn exec_script(&mut self, _: ExprId) -> DmResult<()> {
+        unsupported()
+    }
+    fn foreach_begin(&mut self, _: ExprId) -> DmResult<usize> {
+        unsupported()
+    }
+    fn foreach_bind(&mut self, _: ExprId, _: Option<ExprId>, _: usize) -> DmResult<()> {
+        unsupported()
+    }
+    fn foreach_end(&mut self) {}
+    fn set_active(&mut self, state: StateId, active: bool) {
+        self.active[state as usize] = active;
+    }
+    fn snapshot(&mut self) -> DmResult<Value> {
+        Ok(Value::Object(Default::default()))
+    }
+    fn restore(&mut self, _: &Value) -> DmResult<()> {
+        Ok(())
+    }
+}

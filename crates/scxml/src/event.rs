@@ -1,0 +1,129 @@
+//! Events and the effects a session asks its host to carry out.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Content, Document};
+
+/// The SCXML Event I/O Processor type URI.
+pub const SCXML_PROCESSOR: &str = "http://www.w3.org/TR/scxml/#SCXMLEventProcessor";
+/// The Basic HTTP Event I/O Processor type URI.
+pub const BASIC_HTTP_PROCESSOR: &str = "http://www.w3.org/TR/scxml/#BasicHTTPEventProcessor";
+/// The invoke type for SCXML child sessions.
+pub const SCXML_INVOKE_TYPE: &str = "http://www.w3.org/TR/scxml/";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Platform,
+    Internal,
+    External,
+}
+
+/// An SCXML event: what `_event` shows to the document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sendid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origintype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invokeid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Content>,
+}
+
+impl Event {
+    /// An external event with a name and optional JSON data.
+    pub fn external(name: impl Into<String>, data: Option<serde_json::Value>) -> Self {
+        Event {
+            name: name.into(),
+            kind: EventType::External,
+            sendid: None,
+            origin: None,
+            origintype: None,
+            invokeid: None,
+            data: data.map(Content::Json),
+        }
+    }
+
+    pub(crate) fn platform(name: &str, sendid: Option<String>, message: Option<String>) -> Self {
+        Event {
+            name: name.to_string(),
+            kind: EventType::Platform,
+            sendid,
+            origin: None,
+            origintype: None,
+            invokeid: None,
+            data: message.map(|m| Content::Json(serde_json::json!({ "message": m }))),
+        }
+    }
+
+    /// `error.communication` for a send the host could not deliver.
+    pub fn error_communication(sendid: Option<String>, message: &str) -> Self {
+        Self::platform("error.communication", sendid, Some(message.to_string()))
+    }
+}
+
+/// A child session the host is asked to start.
+#[derive(Debug, Clone)]
+pub struct InvokeRequest {
+    pub invokeid: String,
+    /// The invoke type URI as written (normalised to [`SCXML_INVOKE_TYPE`] for SCXML).
+    pub type_: String,
+    pub source: InvokeSource,
+    /// Values from `namelist` and `<param>`: they initialise the child's `<data>` of the
+    /// same names.
+    pub params: Vec<(String, serde_json::Value)>,
+    pub autoforward: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum InvokeSource {
+    /// A URI for the host to load (`src`/`srcexpr`).
+    Uri(String),
+    /// An inline `<content><scxml>` compiled with the parent.
+    Document(Arc<Document>),
+    /// `<content expr>` evaluated to document text.
+    Text(String),
+}
+
+/// What the engine asks of its host. The engine does no I/O: delivering events to other
+/// sessions, running timers and starting children is the host's job.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Deliver `event` to `target` through the I/O processor `type_`. Targets the session
+    /// handles itself (`#_internal`, no target) never appear here.
+    Send {
+        target: String,
+        type_: String,
+        event: Event,
+    },
+    /// Call [`crate::Session::fire_timer`] with `timer` at `due_ms` (clock of the host).
+    SetTimer { timer: u64, due_ms: u64 },
+    /// A timer set earlier was cancelled; it must not fire.
+    CancelTimer { timer: u64 },
+    /// Start a child session.
+    Invoke(InvokeRequest),
+    /// Cancel a child session started by [`Effect::Invoke`].
+    CancelInvoke { invokeid: String },
+    /// `<log>`.
+    Log { label: String, message: String },
+    /// ORS `<response>`: answer the request whose event had `sendid == requestid`.
+    Response {
+        requestid: String,
+        positive: bool,
+        resultcode: Option<String>,
+        params: serde_json::Map<String, serde_json::Value>,
+    },
+    /// The session reached a top-level final state (or was cancelled); it is over.
+    Done { data: Option<Content> },
+    /// The session was stopped because it broke a limit (e.g. an endless eventless loop).
+    Aborted { reason: String },
+}

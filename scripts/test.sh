@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, lints, the workspace's unit and integration
+# tests, and the W3C SCXML conformance suite. Installs what it needs on a fresh Debian
+# machine (the W3C suite comes from npm into .w3c/, which git ignores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+W3C_PACKAGE="@scion-scxml/test-framework@2.0.16"
+W3C_DIR=".w3c/package/test/w3c-ecma"
+
+if [ ! -f "$W3C_DIR/manifest.xml" ]; then
+  echo "== fetching the W3C SCXML test suite ($W3C_PACKAGE) with npm"
+  if ! command -v npm >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq npm
+  fi
+  rm -rf .w3c && mkdir -p .w3c
+  (cd .w3c && npm pack --silent "$W3C_PACKAGE" >/dev/null && tar xzf ./*.tgz)
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --quiet
+
+echo "== W3C SCXML IRP tests (ECMAScript datamodel)"
+cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR"
