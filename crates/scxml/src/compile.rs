@@ -365,8 +365,16 @@ impl<'x, 'o> Builder<'x, 'o> {
                 id.into()
             }
             _ => {
+                // Anonymous states get an id too, so that snapshots can name them.
                 d.anon += 1;
-                format!("__state{}", d.anon).into()
+                let id: Box<str> = format!("__ors_anon{}", d.anon).into();
+                if d.ids.insert(id.clone(), me).is_some() {
+                    self.err(
+                        n,
+                        format!("duplicate state id \"{id}\" (reserved for anonymous states)"),
+                    );
+                }
+                id
             }
         };
         d.states.push(State {
