@@ -33,6 +33,26 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// boa allocates the result of these builtins before its loop limit is checked, so a
+/// script could abort the process with one call (`'x'.repeat(1 << 30)` asks for 24 GiB).
+/// Results over 16 Mi characters throw a RangeError instead.
+const GUARDS: &str = r#"(function () {
+  var MAX = 16777216;
+  function guard(name, size) {
+    var orig = String.prototype[name];
+    Object.defineProperty(String.prototype, name, {
+      value: function () {
+        if (size(String(this), arguments) > MAX) throw new RangeError(name + ': result longer than ' + MAX);
+        return orig.apply(this, arguments);
+      },
+      writable: true, configurable: true, enumerable: false
+    });
+  }
+  guard('repeat', function (s, a) { return s.length * Number(a[0]); });
+  guard('padStart', function (s, a) { return Number(a[0]); });
+  guard('padEnd', function (s, a) { return Number(a[0]); });
+})();"#;
+
 /// How an expression is compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -177,6 +197,9 @@ impl Runtime {
             NativeFunction::from_fn_ptr(in_predicate),
         )
         .expect("registering a global function on a fresh context");
+        Script::parse(Source::from_bytes(GUARDS.as_bytes()), None, &mut ctx)
+            .and_then(|s| s.evaluate(&mut ctx))
+            .expect("the guard prelude is valid JavaScript");
         let dom = crate::dom::install(&mut ctx);
         let g = ctx.global_object();
         let baseline = g

@@ -1,0 +1,179 @@
+//! The `ors validate` and `ors run` commands, run as a user would run them.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn write_doc(name: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ors-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn ors(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ors"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello.scxml");
+
+#[test]
+fn validate_accepts_good_and_reports_bad_documents() {
+    let o = ors(&["validate", HELLO], "");
+    assert!(o.status.success(), "{o:?}");
+    let bad = write_doc(
+        "bad.scxml",
+        "<scxml xmlns='http://www.w3.org/2005/07/scxml' version='1.0'>\n<state id='a'>\n  <transition target='nowhere' cond='1 +'/>\n</state>\n<state id='a'/></scxml>",
+    );
+    let o = ors(&["validate", bad.to_str().unwrap()], "");
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let p = bad.display();
+    assert!(
+        out.contains(&format!(
+            "{p}:3:3: <transition>: unknown transition target \"nowhere\""
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{p}:3:3: <transition>: malformed expression \"1 +\""
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{p}:5:1: <state>: duplicate state id \"a\"")),
+        "{out}"
+    );
+}
+
+#[test]
+fn validate_reports_malformed_xml_without_panicking() {
+    let bad = write_doc(
+        "broken.scxml",
+        "<scxml xmlns='http://www.w3.org/2005/07/scxml'><state>",
+    );
+    let o = ors(&["validate", bad.to_str().unwrap()], "");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("malformed XML"));
+}
+
+#[test]
+fn run_prints_the_configuration_after_each_event() {
+    let o = ors(
+        &["run", HELLO],
+        "{\"name\":\"tick\"}\nnot json\n{\"name\":\"tick\"}\n{\"name\":\"tick\"}\n",
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        lines(&o),
+        [
+            r#"{"configuration":["a"],"done":false}"#,
+            r#"{"configuration":["b"],"done":false}"#,
+            r#"{"configuration":["a"],"done":false}"#,
+            r#"{"configuration":["done"],"done":true}"#,
+        ]
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ignoring input line"));
+}
+
+#[test]
+fn run_passes_event_data() {
+    let doc = write_doc(
+        "data.scxml",
+        r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <state id="s"><transition event="go" cond="_event.data.n === 42" target="yes"/><transition event="go" target="no"/></state>
+  <final id="yes"/><final id="no"/></scxml>"#,
+    );
+    let o = ors(
+        &["run", doc.to_str().unwrap()],
+        "{\"name\":\"go\",\"data\":{\"n\":42}}\n",
+    );
+    assert_eq!(
+        lines(&o).last().unwrap(),
+        r#"{"configuration":["yes"],"done":true}"#
+    );
+}
+
+const DELAYED: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <state id="s"><onentry><send event="later" delay="DELAY"/></onentry><transition event="later" target="end"/></state>
+  <final id="end"/></scxml>"#;
+
+#[test]
+fn run_fires_delayed_sends_on_the_wall_clock() {
+    let doc = write_doc("delay-real.scxml", &DELAYED.replace("DELAY", "300ms"));
+    let t = std::time::Instant::now();
+    let o = ors(&["run", doc.to_str().unwrap()], "");
+    assert!(o.status.success(), "{o:?}");
+    assert!(t.elapsed().as_millis() >= 300, "fired early");
+    assert_eq!(
+        lines(&o).last().unwrap(),
+        r#"{"configuration":["end"],"done":true}"#
+    );
+}
+
+#[test]
+fn run_with_virtual_time_fires_long_delays_at_once() {
+    let doc = write_doc("delay-virtual.scxml", &DELAYED.replace("DELAY", "3600s"));
+    let o = ors(
+        &[
+            "run",
+            "--virtual-time",
+            "--timeout-ms",
+            "7200000",
+            doc.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(lines(&o), [r#"{"configuration":["end"],"done":true}"#]);
+}
+
+#[test]
+fn run_times_out_when_the_session_cannot_finish() {
+    let doc = write_doc("delay-long.scxml", &DELAYED.replace("DELAY", "3600s"));
+    let o = ors(&["run", "--timeout-ms", "200", doc.to_str().unwrap()], "");
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+}
+
+#[test]
+fn run_exits_when_stdin_closes_and_nothing_is_pending() {
+    let o = ors(&["run", HELLO], "{\"name\":\"tick\"}\n");
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        lines(&o).last().unwrap(),
+        r#"{"configuration":["b"],"done":false}"#
+    );
+}
+
+#[test]
+fn run_refuses_an_invalid_document() {
+    let bad = write_doc(
+        "invalid.scxml",
+        "<scxml xmlns='http://www.w3.org/2005/07/scxml'><state id='a'><transition target='b'/></state></scxml>",
+    );
+    let o = ors(&["run", bad.to_str().unwrap()], "");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown transition target"));
+}
