@@ -1,0 +1,507 @@
+//! The embedded session store: one crash-safe file on disk (redb), the `ors` server's
+//! zero-setup default.
+//!
+//! Every call is one redb write transaction committed with `Durability::Immediate`: when
+//! a call returns `Ok`, its effect survives `kill -9` and power loss (redb's copy-on-write
+//! commit with fsync). Calls run on tokio's blocking pool. One process opens a file at a
+//! time (redb locks it); clone the store to share it between tasks.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ors_store::record::{self, StoredSchedule, check_write};
+use ors_store::{
+    Fence, Lease, Result, ScheduleEntry, SessionRecord, SessionStore, SessionWrite, StoreError,
+    now_ms,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const BY_NODE: TableDefinition<(&str, &str), ()> = TableDefinition::new("sessions_by_node");
+const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("schedules_by_due");
+const BY_SESSION: TableDefinition<(&str, &str), ()> = TableDefinition::new("schedules_by_session");
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+const LEASE_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("lease_tokens");
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+fn other(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file, creating its tables.
+    pub fn open(path: impl AsRef<Path>) -> Result<EmbeddedStore> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(other)?;
+        {
+            txn.open_table(DOCS).map_err(other)?;
+            txn.open_table(SESSIONS).map_err(other)?;
+            txn.open_table(BY_NODE).map_err(other)?;
+            txn.open_table(SCHEDULES).map_err(other)?;
+            txn.open_table(DUE).map_err(other)?;
+            txn.open_table(BY_SESSION).map_err(other)?;
+            txn.open_table(LEASES).map_err(other)?;
+            txn.open_table(LEASE_TOKENS).map_err(other)?;
+        }
+        txn.commit().map_err(other)?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(other)?;
+            let out = f(&txn)?;
+            txn.commit().map_err(other)?;
+            Ok(out)
+        })
+        .await
+        .map_err(other)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(other)?;
+            f(&txn)
+        })
+        .await
+        .map_err(other)?
+    }
+
+    /// Overwrites a session's stored bytes. Only for testing corruption handling.
+    #[doc(hidden)]
+    pub async fn overwrite_session_bytes(&self, id: &str, bytes: Vec<u8>) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |txn| {
+            txn.open_table(SESSIONS)
+                .map_err(other)?
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(other)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn session_meta(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<SessionRecord>> {
+    match t.get(id).map_err(other)? {
+        None => Ok(None),
+        Some(v) => record::decode_session(id, v.value()).map(Some),
+    }
+}
+
+fn remove_schedule(txn: &redb::WriteTransaction, id: &str) -> Result<()> {
+    let mut t = txn.open_table(SCHEDULES).map_err(other)?;
+    let old = match t.remove(id).map_err(other)? {
+        Some(v) => record::decode_schedule(id, v.value()).ok(),
+        None => None,
+    };
+    drop(t);
+    if let Some(old) = old {
+        txn.open_table(DUE)
+            .map_err(other)?
+            .remove((old.entry.due_ms, id))
+            .map_err(other)?;
+        if let Some(s) = &old.entry.session {
+            txn.open_table(BY_SESSION)
+                .map_err(other)?
+                .remove((s.as_str(), id))
+                .map_err(other)?;
+        }
+    }
+    Ok(())
+}
+
+fn lease_lost(l: &Lease) -> StoreError {
+    StoreError::LeaseLost {
+        name: l.name.clone(),
+        holder: l.holder.clone(),
+        token: l.token,
+    }
+}
+
+#[async_trait]
+impl SessionStore for EmbeddedStore {
+    async fn put_document(&self, hash: &str, body: &[u8]) -> Result<()> {
+        let (hash, body) = (hash.to_string(), body.to_vec());
+        self.write(move |txn| {
+            let mut t = txn.open_table(DOCS).map_err(other)?;
+            if t.get(hash.as_str()).map_err(other)?.is_none() {
+                t.insert(hash.as_str(), body.as_slice()).map_err(other)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_document(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        let hash = hash.to_string();
+        self.read(move |txn| {
+            let t = txn.open_table(DOCS).map_err(other)?;
+            Ok(t.get(hash.as_str())
+                .map_err(other)?
+                .map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn write_session(&self, w: SessionWrite<'_>) -> Result<u64> {
+        let (id, node, document, snapshot) = (
+            w.id.to_string(),
+            w.node.to_string(),
+            w.document.to_string(),
+            w.snapshot.to_vec(),
+        );
+        let (expected, fence) = (w.expected_version, w.fence);
+        self.write(move |txn| {
+            let mut t = txn.open_table(SESSIONS).map_err(other)?;
+            let cur = session_meta(&t, &id)?;
+            let w = SessionWrite {
+                id: &id,
+                node: &node,
+                document: &document,
+                snapshot: &snapshot,
+                expected_version: expected,
+                fence,
+            };
+            check_write(cur.as_ref().map(|r| (r.version, r.fence)), &w)?;
+            let version = cur.as_ref().map_or(1, |r| r.version + 1);
+            let rec = SessionRecord {
+                id: id.clone(),
+                node: node.clone(),
+                document: document.clone(),
+                version,
+                fence,
+                snapshot,
+            };
+            t.insert(id.as_str(), record::encode_session(&rec).as_slice())
+                .map_err(other)?;
+            drop(t);
+            let mut idx = txn.open_table(BY_NODE).map_err(other)?;
+            if let Some(old) = &cur
+                && old.node != node
+            {
+                idx.remove((old.node.as_str(), id.as_str()))
+                    .map_err(other)?;
+            }
+            idx.insert((node.as_str(), id.as_str()), ())
+                .map_err(other)?;
+            Ok(version)
+        })
+        .await
+    }
+
+    async fn read_session(&self, id: &str) -> Result<Option<SessionRecord>> {
+        let id = id.to_string();
+        self.read(move |txn| session_meta(&txn.open_table(SESSIONS).map_err(other)?, &id))
+            .await
+    }
+
+    async fn delete_session(&self, id: &str, fence: Fence) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |txn| {
+            let mut t = txn.open_table(SESSIONS).map_err(other)?;
+            let Some(cur) = session_meta(&t, &id)? else {
+                return Ok(());
+            };
+            if fence < cur.fence {
+                return Err(StoreError::StaleFence {
+                    key: format!("session {id}"),
+                    given: fence,
+                    current: cur.fence,
+                });
+            }
+            t.remove(id.as_str()).map_err(other)?;
+            drop(t);
+            txn.open_table(BY_NODE)
+                .map_err(other)?
+                .remove((cur.node.as_str(), id.as_str()))
+                .map_err(other)?;
+            let ids: Vec<String> = {
+                let t = txn.open_table(BY_SESSION).map_err(other)?;
+                let mut v = Vec::new();
+                for r in t.range((id.as_str(), "")..).map_err(other)? {
+                    let (k, _) = r.map_err(other)?;
+                    let (s, e) = k.value();
+                    if s != id {
+                        break;
+                    }
+                    v.push(e.to_string());
+                }
+                v
+            };
+            for e in ids {
+                remove_schedule(txn, &e)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn node_sessions(&self, node: &str) -> Result<Vec<String>> {
+        let node = node.to_string();
+        self.read(move |txn| {
+            let t = txn.open_table(BY_NODE).map_err(other)?;
+            let mut v = Vec::new();
+            for r in t.range((node.as_str(), "")..).map_err(other)? {
+                let (k, _) = r.map_err(other)?;
+                let (n, s) = k.value();
+                if n != node {
+                    break;
+                }
+                v.push(s.to_string());
+            }
+            Ok(v)
+        })
+        .await
+    }
+
+    async fn move_session(&self, id: &str, to_node: &str, fence: Fence) -> Result<()> {
+        let (id, to) = (id.to_string(), to_node.to_string());
+        self.write(move |txn| {
+            let mut t = txn.open_table(SESSIONS).map_err(other)?;
+            let mut rec = session_meta(&t, &id)?
+                .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
+            if fence < rec.fence {
+                return Err(StoreError::StaleFence {
+                    key: format!("session {id}"),
+                    given: fence,
+                    current: rec.fence,
+                });
+            }
+            let old = std::mem::replace(&mut rec.node, to.clone());
+            rec.fence = fence;
+            rec.version += 1;
+            t.insert(id.as_str(), record::encode_session(&rec).as_slice())
+                .map_err(other)?;
+            drop(t);
+            let mut idx = txn.open_table(BY_NODE).map_err(other)?;
+            idx.remove((old.as_str(), id.as_str())).map_err(other)?;
+            idx.insert((to.as_str(), id.as_str()), ()).map_err(other)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_schedule(&self, entry: &ScheduleEntry) -> Result<()> {
+        let entry = entry.clone();
+        self.write(move |txn| {
+            remove_schedule(txn, &entry.id)?;
+            let stored = StoredSchedule {
+                entry: entry.clone(),
+                claimed_by: None,
+                claim_until_ms: 0,
+            };
+            let id = entry.id.as_str();
+            txn.open_table(SCHEDULES)
+                .map_err(other)?
+                .insert(id, record::encode_schedule(&stored).as_slice())
+                .map_err(other)?;
+            txn.open_table(DUE)
+                .map_err(other)?
+                .insert((entry.due_ms, id), ())
+                .map_err(other)?;
+            if let Some(s) = &entry.session {
+                txn.open_table(BY_SESSION)
+                    .map_err(other)?
+                    .insert((s.as_str(), id), ())
+                    .map_err(other)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<ScheduleEntry>> {
+        self.read(move |txn| {
+            let due = txn.open_table(DUE).map_err(other)?;
+            let t = txn.open_table(SCHEDULES).map_err(other)?;
+            let mut out = Vec::new();
+            for r in due.range((0u64, "")..).map_err(other)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, _) = r.map_err(other)?;
+                let (at, id) = k.value();
+                if at > now_ms {
+                    break;
+                }
+                if let Some(v) = t.get(id).map_err(other)? {
+                    let s = record::decode_schedule(id, v.value())?;
+                    if s.is_claimable(now_ms) {
+                        out.push(s.entry);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn claim_schedule(
+        &self,
+        id: &str,
+        claimer: &str,
+        now_ms: u64,
+        claim_ms: u64,
+    ) -> Result<bool> {
+        let (id, claimer) = (id.to_string(), claimer.to_string());
+        self.write(move |txn| {
+            let mut t = txn.open_table(SCHEDULES).map_err(other)?;
+            let cur = match t.get(id.as_str()).map_err(other)? {
+                None => return Ok(false),
+                Some(v) => record::decode_schedule(&id, v.value())?,
+            };
+            if !cur.is_claimable(now_ms) {
+                return Ok(false);
+            }
+            let claimed = StoredSchedule {
+                claimed_by: Some(claimer),
+                claim_until_ms: now_ms.saturating_add(claim_ms),
+                ..cur
+            };
+            t.insert(id.as_str(), record::encode_schedule(&claimed).as_slice())
+                .map_err(other)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |txn| remove_schedule(txn, &id)).await
+    }
+
+    async fn session_schedules(&self, session: &str) -> Result<Vec<ScheduleEntry>> {
+        let session = session.to_string();
+        self.read(move |txn| {
+            let idx = txn.open_table(BY_SESSION).map_err(other)?;
+            let t = txn.open_table(SCHEDULES).map_err(other)?;
+            let mut out = Vec::new();
+            for r in idx.range((session.as_str(), "")..).map_err(other)? {
+                let (k, _) = r.map_err(other)?;
+                let (s, id) = k.value();
+                if s != session {
+                    break;
+                }
+                if let Some(v) = t.get(id).map_err(other)? {
+                    out.push(record::decode_schedule(id, v.value())?.entry);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<Option<Lease>> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.write(move |txn| {
+            let now = now_ms();
+            let mut t = txn.open_table(LEASES).map_err(other)?;
+            if let Some(v) = t.get(name.as_str()).map_err(other)? {
+                let cur = record::decode_lease(&name, v.value())?;
+                if cur.expires_at_ms > now {
+                    return Ok(None);
+                }
+            }
+            let mut tokens = txn.open_table(LEASE_TOKENS).map_err(other)?;
+            let token = tokens
+                .get(name.as_str())
+                .map_err(other)?
+                .map_or(0, |v| v.value())
+                + 1;
+            tokens.insert(name.as_str(), token).map_err(other)?;
+            let lease = Lease {
+                name: name.clone(),
+                holder,
+                token,
+                expires_at_ms: now.saturating_add(ttl_ms),
+            };
+            t.insert(name.as_str(), record::encode_lease(&lease).as_slice())
+                .map_err(other)?;
+            Ok(Some(lease))
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
+        let lease = lease.clone();
+        self.write(move |txn| {
+            let now = now_ms();
+            let mut t = txn.open_table(LEASES).map_err(other)?;
+            let cur = match t.get(lease.name.as_str()).map_err(other)? {
+                Some(v) => record::decode_lease(&lease.name, v.value())?,
+                None => return Err(lease_lost(&lease)),
+            };
+            if cur.token != lease.token || cur.holder != lease.holder || cur.expires_at_ms <= now {
+                return Err(lease_lost(&lease));
+            }
+            let renewed = Lease {
+                expires_at_ms: now.saturating_add(ttl_ms),
+                ..cur
+            };
+            t.insert(
+                lease.name.as_str(),
+                record::encode_lease(&renewed).as_slice(),
+            )
+            .map_err(other)?;
+            Ok(renewed)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let lease = lease.clone();
+        self.write(move |txn| {
+            let mut t = txn.open_table(LEASES).map_err(other)?;
+            let held = match t.get(lease.name.as_str()).map_err(other)? {
+                Some(v) => record::decode_lease(&lease.name, v.value())?.token == lease.token,
+                None => false,
+            };
+            if held {
+                t.remove(lease.name.as_str()).map_err(other)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_lease(&self, name: &str) -> Result<Option<Lease>> {
+        let name = name.to_string();
+        self.read(move |txn| {
+            let t = txn.open_table(LEASES).map_err(other)?;
+            match t.get(name.as_str()).map_err(other)? {
+                None => Ok(None),
+                Some(v) => {
+                    let l = record::decode_lease(&name, v.value())?;
+                    Ok((l.expires_at_ms > now_ms()).then_some(l))
+                }
+            }
+        })
+        .await
+    }
+}

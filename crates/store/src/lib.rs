@@ -1,0 +1,197 @@
+#![doc = include_str!("../README.md")]
+
+mod clock;
+mod memory;
+pub mod record;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use clock::now_ms;
+pub use memory::MemoryStore;
+
+/// A fencing token. Tokens come from [`SessionStore::acquire_lease`] and only grow; a
+/// write carrying a token lower than the one that last wrote the same record is refused,
+/// so a node that lost its lease can never overwrite its successor's work.
+pub type Fence = u64;
+
+/// What can go wrong. Every backend maps its failures onto these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write found another version (`None`: the record does not exist).
+    #[error("version conflict on {key}: expected {expected:?}, found {found:?}")]
+    VersionConflict {
+        key: String,
+        expected: Option<u64>,
+        found: Option<u64>,
+    },
+    /// The write carried a fencing token older than the record's.
+    #[error("stale fencing token on {key}: {given} is older than {current}")]
+    StaleFence {
+        key: String,
+        given: Fence,
+        current: Fence,
+    },
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The lease is no longer held with that token (expired and taken, or released).
+    #[error("lease {name} is no longer held by {holder} with token {token}")]
+    LeaseLost {
+        name: String,
+        holder: String,
+        token: Fence,
+    },
+    /// Stored bytes that cannot be decoded.
+    #[error("corrupt data in {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+    /// The store cannot be reached (connection refused, timed out, ...). Retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A session's stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    /// The node that owns (runs) the session.
+    pub node: String,
+    /// Content hash of the session's document (see [`SessionStore::put_document`]).
+    pub document: String,
+    /// Assigned by the store: 1 on creation, +1 on every write.
+    pub version: u64,
+    /// Token of the last writer.
+    pub fence: Fence,
+    /// Opaque engine snapshot.
+    pub snapshot: Vec<u8>,
+}
+
+/// A conditional session write.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionWrite<'a> {
+    pub id: &'a str,
+    pub node: &'a str,
+    pub document: &'a str,
+    pub snapshot: &'a [u8],
+    /// `None`: create, the session must not exist. `Some(v)`: replace version `v`.
+    pub expected_version: Option<u64>,
+    pub fence: Fence,
+}
+
+/// What a schedule entry does when it fires (the server interprets it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScheduleKind {
+    /// A delayed `<send>` of a session.
+    DelayedSend,
+    /// A session start at `idealtime`.
+    StartSession,
+    /// Termination of a session that ran too long.
+    TerminateSession,
+    Other(String),
+}
+
+impl ScheduleKind {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ScheduleKind::DelayedSend => "delayed-send",
+            ScheduleKind::StartSession => "start-session",
+            ScheduleKind::TerminateSession => "terminate-session",
+            ScheduleKind::Other(s) => s,
+        }
+    }
+    pub fn parse(s: &str) -> ScheduleKind {
+        match s {
+            "delayed-send" => ScheduleKind::DelayedSend,
+            "start-session" => ScheduleKind::StartSession,
+            "terminate-session" => ScheduleKind::TerminateSession,
+            other => ScheduleKind::Other(other.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleEntry {
+    /// Unique across the store.
+    pub id: String,
+    /// The session it belongs to, if any (deleted with it).
+    pub session: Option<String>,
+    /// When it is due, in milliseconds since the Unix epoch.
+    pub due_ms: u64,
+    pub kind: ScheduleKind,
+    pub payload: Vec<u8>,
+}
+
+/// A held lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    /// Grows with every acquisition, across expiries and releases.
+    pub token: Fence,
+    /// Milliseconds since the Unix epoch, by the store's clock.
+    pub expires_at_ms: u64,
+}
+
+/// The session store. Every backend implements this and passes [`testkit`]'s suite.
+///
+/// Guarantees every implementation gives:
+/// - A call that returned `Ok` is durable (as durable as the backend is configured to be).
+/// - Conditional writes are atomic: of many racing writers with the same expected version,
+///   exactly one wins; the others get [`StoreError::VersionConflict`].
+/// - A write whose fence is older than the record's is refused ([`StoreError::StaleFence`]).
+/// - Of many racing [`SessionStore::claim_schedule`] calls for one entry, exactly one
+///   returns `true` (until the claim expires).
+/// - Lease tokens only grow.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Stores a document under its content hash. Idempotent.
+    async fn put_document(&self, hash: &str, body: &[u8]) -> Result<()>;
+    async fn get_document(&self, hash: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Creates or replaces a session (see [`SessionWrite`]) and indexes it under its node.
+    /// Returns the new version.
+    async fn write_session(&self, w: SessionWrite<'_>) -> Result<u64>;
+    async fn read_session(&self, id: &str) -> Result<Option<SessionRecord>>;
+    /// Removes a session's record, index entry and schedule entries. Deleting a missing
+    /// session is not an error.
+    async fn delete_session(&self, id: &str, fence: Fence) -> Result<()>;
+    /// The sessions a node owns.
+    async fn node_sessions(&self, node: &str) -> Result<Vec<String>>;
+    /// Moves a session to another node (for a takeover).
+    async fn move_session(&self, id: &str, to_node: &str, fence: Fence) -> Result<()>;
+
+    /// Adds or replaces a schedule entry.
+    async fn put_schedule(&self, entry: &ScheduleEntry) -> Result<()>;
+    /// Up to `limit` entries due at `now_ms` that are not claimed (or whose claim
+    /// expired), earliest first.
+    async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<ScheduleEntry>>;
+    /// Claims an entry for `claim_ms`: `true` for exactly one of racing claimers. The
+    /// winner fires the entry and deletes it; if it dies first, the claim expires and the
+    /// entry is due again.
+    async fn claim_schedule(
+        &self,
+        id: &str,
+        claimer: &str,
+        now_ms: u64,
+        claim_ms: u64,
+    ) -> Result<bool>;
+    async fn delete_schedule(&self, id: &str) -> Result<()>;
+    /// The entries of one session.
+    async fn session_schedules(&self, session: &str) -> Result<Vec<ScheduleEntry>>;
+
+    /// Acquires a lease if it is free or expired; `None` while someone else holds it.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<Option<Lease>>;
+    /// Extends a lease still held with this token; [`StoreError::LeaseLost`] otherwise.
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease>;
+    /// Gives a lease up (a no-op if it is no longer held with this token).
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+    /// The current holder, if the lease is held and not expired.
+    async fn read_lease(&self, name: &str) -> Result<Option<Lease>>;
+}

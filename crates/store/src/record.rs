@@ -1,0 +1,170 @@
+//! Byte encodings shared by backends that store records as values (the embedded store,
+//! custom file stores). Every encoding starts with a magic tag and a format version, so
+//! corrupt or foreign bytes are reported as [`StoreError::Corrupt`], never a panic.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{Fence, Lease, ScheduleEntry, SessionRecord, StoreError};
+
+const SESSION_MAGIC: &[u8; 4] = b"ORS\x01";
+const JSON_MAGIC: &[u8; 4] = b"ORJ\x01";
+
+#[derive(Serialize, Deserialize)]
+struct SessionMeta<'a> {
+    node: &'a str,
+    document: &'a str,
+    version: u64,
+    fence: Fence,
+}
+
+/// `magic | meta length (u32 LE) | meta JSON | snapshot bytes`: the (possibly large)
+/// snapshot is stored raw, not inside JSON.
+pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
+    let meta = serde_json::to_vec(&SessionMeta {
+        node: &r.node,
+        document: &r.document,
+        version: r.version,
+        fence: r.fence,
+    })
+    .expect("plain struct serialises");
+    let mut out = Vec::with_capacity(8 + meta.len() + r.snapshot.len());
+    out.extend_from_slice(SESSION_MAGIC);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&r.snapshot);
+    out
+}
+
+pub fn decode_session(id: &str, bytes: &[u8]) -> Result<SessionRecord, StoreError> {
+    let corrupt = |detail: &str| StoreError::Corrupt {
+        key: format!("session {id}"),
+        detail: detail.to_string(),
+    };
+    if bytes.len() < 8 || &bytes[..4] != SESSION_MAGIC {
+        return Err(corrupt("not a session record (bad magic)"));
+    }
+    let n = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+    let meta_end = 8usize
+        .checked_add(n)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| corrupt("truncated header"))?;
+    #[derive(Deserialize)]
+    struct Owned {
+        node: String,
+        document: String,
+        version: u64,
+        fence: Fence,
+    }
+    let m: Owned =
+        serde_json::from_slice(&bytes[8..meta_end]).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(SessionRecord {
+        id: id.to_string(),
+        node: m.node,
+        document: m.document,
+        version: m.version,
+        fence: m.fence,
+        snapshot: bytes[meta_end..].to_vec(),
+    })
+}
+
+fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = JSON_MAGIC.to_vec();
+    serde_json::to_writer(&mut out, v).expect("plain struct serialises");
+    out
+}
+
+fn decode_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        key: key.to_string(),
+        detail,
+    };
+    let body = bytes
+        .strip_prefix(JSON_MAGIC.as_slice())
+        .ok_or_else(|| corrupt("bad magic".into()))?;
+    serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))
+}
+
+/// A schedule entry with its claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSchedule {
+    pub entry: ScheduleEntry,
+    pub claimed_by: Option<String>,
+    pub claim_until_ms: u64,
+}
+
+impl StoredSchedule {
+    pub fn is_claimable(&self, now_ms: u64) -> bool {
+        self.claimed_by.is_none() || self.claim_until_ms <= now_ms
+    }
+}
+
+pub fn encode_schedule(s: &StoredSchedule) -> Vec<u8> {
+    encode_json(s)
+}
+pub fn decode_schedule(id: &str, bytes: &[u8]) -> Result<StoredSchedule, StoreError> {
+    decode_json(&format!("schedule {id}"), bytes)
+}
+pub fn encode_lease(l: &Lease) -> Vec<u8> {
+    encode_json(l)
+}
+pub fn decode_lease(name: &str, bytes: &[u8]) -> Result<Lease, StoreError> {
+    decode_json(&format!("lease {name}"), bytes)
+}
+
+/// The checks every backend applies to a session write against the current record.
+pub fn check_write(
+    current: Option<(u64, Fence)>,
+    w: &crate::SessionWrite,
+) -> Result<(), StoreError> {
+    let key = || format!("session {}", w.id);
+    if let Some((_, fence)) = current
+        && w.fence < fence
+    {
+        return Err(StoreError::StaleFence {
+            key: key(),
+            given: w.fence,
+            current: fence,
+        });
+    }
+    let found = current.map(|(v, _)| v);
+    if found != w.expected_version {
+        return Err(StoreError::VersionConflict {
+            key: key(),
+            expected: w.expected_version,
+            found,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_round_trip_and_corruption() {
+        let r = SessionRecord {
+            id: "n1-1".into(),
+            node: "n1".into(),
+            document: "abc".into(),
+            version: 3,
+            fence: 7,
+            snapshot: vec![0, 1, 2, 255],
+        };
+        let b = encode_session(&r);
+        assert_eq!(decode_session("n1-1", &b).unwrap(), r);
+        for bad in [&b[..3], &b[..9], b"garbage garbage".as_slice(), &[]] {
+            assert!(matches!(
+                decode_session("x", bad),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
+        let mut huge_len = b.clone();
+        huge_len[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_session("x", &huge_len),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,709 @@
+//! The conformance suite every [`SessionStore`] must pass (feature `testkit`).
+//!
+//! Implement [`Harness`] for your backend and invoke [`conformance_tests!`] in a test
+//! file; it generates one test per property:
+//!
+//! ```text
+//! struct MyHarness;
+//! #[async_trait::async_trait]
+//! impl ors_store::testkit::Harness for MyHarness { /* ... */ }
+//! ors_store::conformance_tests!(MyHarness);
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use proptest::prelude::*;
+
+use crate::*;
+
+/// How the suite gets stores.
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    type Store: SessionStore;
+    /// A client of a fresh, empty namespace (a new file, a new key prefix, ...).
+    async fn fresh(&self) -> Self::Store;
+    /// Another client of the same namespace as `store` (with its own connections where the
+    /// backend has connections), to race against the first.
+    async fn another_client(&self, store: &Self::Store) -> Self::Store;
+    /// Overwrites the stored bytes of session `id` with garbage, as corruption on disk or
+    /// a foreign writer would. Returns `false` for a backend that stores typed values and
+    /// so has no bytes to corrupt (the in-memory one); the check is then skipped.
+    async fn corrupt_session(&self, store: &Self::Store, id: &str) -> bool;
+}
+
+/// Generates one `#[tokio::test]` per conformance property for a harness expression.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        mod conformance {
+            use super::*;
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $name() {
+                        $crate::testkit::$name(&$harness).await;
+                    }
+                };
+            }
+            case!(documents);
+            case!(session_lifecycle);
+            case!(fencing);
+            case!(node_index);
+            case!(create_race);
+            case!(update_race);
+            case!(schedules);
+            case!(schedule_claim_race);
+            case!(leases);
+            case!(lease_expiry_and_takeover);
+            case!(large_snapshot);
+            case!(corrupt_bytes);
+            #[test]
+            fn model_check() {
+                $crate::testkit::model_check(&$harness, 24);
+            }
+        }
+    };
+}
+
+fn write<'a>(
+    id: &'a str,
+    node: &'a str,
+    snap: &'a [u8],
+    expected: Option<u64>,
+    fence: Fence,
+) -> SessionWrite<'a> {
+    SessionWrite {
+        id,
+        node,
+        document: "doc-hash",
+        snapshot: snap,
+        expected_version: expected,
+        fence,
+    }
+}
+
+pub async fn documents<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    assert_eq!(s.get_document("h1").await.unwrap(), None);
+    s.put_document("h1", b"<scxml/>").await.unwrap();
+    s.put_document("h1", b"<scxml/>").await.unwrap(); // idempotent
+    s.put_document("h2", &[0, 159, 146, 150]).await.unwrap();
+    assert_eq!(
+        s.get_document("h1").await.unwrap().as_deref(),
+        Some(&b"<scxml/>"[..])
+    );
+    assert_eq!(
+        s.get_document("h2").await.unwrap().as_deref(),
+        Some(&[0u8, 159, 146, 150][..])
+    );
+}
+
+pub async fn session_lifecycle<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    assert_eq!(s.read_session("a").await.unwrap(), None);
+    assert_eq!(
+        s.write_session(write("a", "n1", b"one", None, 1))
+            .await
+            .unwrap(),
+        1
+    );
+    match s.write_session(write("a", "n1", b"dup", None, 1)).await {
+        Err(StoreError::VersionConflict {
+            expected: None,
+            found: Some(1),
+            ..
+        }) => {}
+        other => panic!("creating an existing session must conflict, got {other:?}"),
+    }
+    assert_eq!(
+        s.write_session(write("a", "n1", b"two", Some(1), 1))
+            .await
+            .unwrap(),
+        2
+    );
+    match s.write_session(write("a", "n1", b"old", Some(1), 1)).await {
+        Err(StoreError::VersionConflict {
+            expected: Some(1),
+            found: Some(2),
+            ..
+        }) => {}
+        other => panic!("a stale version must conflict, got {other:?}"),
+    }
+    match s
+        .write_session(write("missing", "n1", b"x", Some(1), 1))
+        .await
+    {
+        Err(StoreError::VersionConflict { found: None, .. }) => {}
+        other => panic!("updating a missing session must conflict, got {other:?}"),
+    }
+    let r = s.read_session("a").await.unwrap().expect("written");
+    assert_eq!(
+        r,
+        SessionRecord {
+            id: "a".into(),
+            node: "n1".into(),
+            document: "doc-hash".into(),
+            version: 2,
+            fence: 1,
+            snapshot: b"two".to_vec()
+        }
+    );
+    s.delete_session("a", 1).await.unwrap();
+    assert_eq!(s.read_session("a").await.unwrap(), None);
+    s.delete_session("a", 1).await.unwrap(); // deleting a missing session is fine
+    // Recreating after delete starts over at version 1.
+    assert_eq!(
+        s.write_session(write("a", "n1", b"again", None, 1))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+pub async fn fencing<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    s.write_session(write("f", "n1", b"x", None, 5))
+        .await
+        .unwrap();
+    match s.write_session(write("f", "n1", b"y", Some(1), 3)).await {
+        Err(StoreError::StaleFence {
+            given: 3,
+            current: 5,
+            ..
+        }) => {}
+        other => panic!("an older fence must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        s.write_session(write("f", "n1", b"y", Some(1), 5))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.write_session(write("f", "n2", b"z", Some(2), 9))
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(matches!(
+        s.write_session(write("f", "n1", b"late", Some(3), 5)).await,
+        Err(StoreError::StaleFence {
+            given: 5,
+            current: 9,
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.delete_session("f", 8).await,
+        Err(StoreError::StaleFence { .. })
+    ));
+    assert!(matches!(
+        s.move_session("f", "n1", 8).await,
+        Err(StoreError::StaleFence { .. })
+    ));
+    assert_eq!(s.read_session("f").await.unwrap().unwrap().snapshot, b"z");
+    s.delete_session("f", 9).await.unwrap();
+}
+
+pub async fn node_index<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    for (id, node) in [("s1", "n1"), ("s2", "n1"), ("s3", "n2")] {
+        s.write_session(write(id, node, b"x", None, 1))
+            .await
+            .unwrap();
+    }
+    let mut n1 = s.node_sessions("n1").await.unwrap();
+    n1.sort();
+    assert_eq!(n1, ["s1", "s2"]);
+    assert_eq!(s.node_sessions("n2").await.unwrap(), ["s3"]);
+    assert!(s.node_sessions("n9").await.unwrap().is_empty());
+    s.move_session("s1", "n2", 2).await.unwrap();
+    let r = s.read_session("s1").await.unwrap().unwrap();
+    assert_eq!((r.node.as_str(), r.fence), ("n2", 2));
+    assert_eq!(s.node_sessions("n1").await.unwrap(), ["s2"]);
+    let mut n2 = s.node_sessions("n2").await.unwrap();
+    n2.sort();
+    assert_eq!(n2, ["s1", "s3"]);
+    // A write that changes the node moves the index entry too.
+    let v = r.version;
+    s.write_session(write("s1", "n3", b"y", Some(v), 2))
+        .await
+        .unwrap();
+    assert_eq!(s.node_sessions("n3").await.unwrap(), ["s1"]);
+    assert_eq!(s.node_sessions("n2").await.unwrap(), ["s3"]);
+    s.delete_session("s2", 1).await.unwrap();
+    assert!(s.node_sessions("n1").await.unwrap().is_empty());
+    assert!(matches!(
+        s.move_session("nope", "n1", 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// Runs `n` racing writers (half on a second client) and returns how many succeeded.
+async fn race<H: Harness>(h: &H, s: H::Store, n: usize, expected: Option<u64>) -> usize {
+    let other = Arc::new(h.another_client(&s).await);
+    let s = Arc::new(s);
+    let wins = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let client: Arc<dyn SessionStore> = if i % 2 == 0 { s.clone() } else { other.clone() };
+        let wins = wins.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = format!("writer {i}");
+            match client
+                .write_session(write("raced", "n1", body.as_bytes(), expected, 1))
+                .await
+            {
+                Ok(_) => {
+                    wins.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(StoreError::VersionConflict { .. }) => {}
+                Err(e) => panic!("unexpected error in a race: {e}"),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wins.load(Ordering::SeqCst)
+}
+
+pub async fn create_race<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    assert_eq!(
+        race(h, s, 32, None).await,
+        1,
+        "exactly one creator must win"
+    );
+}
+
+pub async fn update_race<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    s.write_session(write("raced", "n1", b"v1", None, 1))
+        .await
+        .unwrap();
+    let check = h.another_client(&s).await;
+    assert_eq!(
+        race(h, s, 32, Some(1)).await,
+        1,
+        "exactly one updater must win"
+    );
+    assert_eq!(
+        check.read_session("raced").await.unwrap().unwrap().version,
+        2
+    );
+}
+
+fn entry(id: &str, session: Option<&str>, due_ms: u64) -> ScheduleEntry {
+    ScheduleEntry {
+        id: id.into(),
+        session: session.map(Into::into),
+        due_ms,
+        kind: ScheduleKind::DelayedSend,
+        payload: id.as_bytes().to_vec(),
+    }
+}
+
+pub async fn schedules<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    s.write_session(write("sess", "n1", b"x", None, 1))
+        .await
+        .unwrap();
+    s.put_schedule(&entry("c", Some("sess"), 300))
+        .await
+        .unwrap();
+    s.put_schedule(&entry("a", Some("sess"), 100))
+        .await
+        .unwrap();
+    s.put_schedule(&entry("b", None, 200)).await.unwrap();
+    s.put_schedule(&ScheduleEntry {
+        kind: ScheduleKind::Other("custom".into()),
+        ..entry("d", None, 5_000)
+    })
+    .await
+    .unwrap();
+    let due: Vec<String> = s
+        .due_schedules(250, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(due, ["a", "b"], "due entries, earliest first");
+    assert_eq!(s.due_schedules(250, 1).await.unwrap().len(), 1, "limit");
+    assert_eq!(
+        s.due_schedules(250, 10).await.unwrap()[0],
+        entry("a", Some("sess"), 100)
+    );
+    assert!(s.claim_schedule("a", "n1", 250, 1_000).await.unwrap());
+    assert!(
+        !s.claim_schedule("a", "n2", 260, 1_000).await.unwrap(),
+        "claimed twice"
+    );
+    let due: Vec<String> = s
+        .due_schedules(260, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(due, ["b"], "a claimed entry is not due");
+    // The claim expires: the entry is due and claimable again.
+    let due: Vec<String> = s
+        .due_schedules(1_250, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(due, ["a", "b", "c"]);
+    assert!(s.claim_schedule("a", "n2", 1_250, 1_000).await.unwrap());
+    assert!(
+        !s.claim_schedule("missing", "n2", 1_250, 1_000)
+            .await
+            .unwrap()
+    );
+    s.delete_schedule("a").await.unwrap();
+    s.delete_schedule("a").await.unwrap();
+    let mut mine: Vec<String> = s
+        .session_schedules("sess")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    mine.sort();
+    assert_eq!(mine, ["c"]);
+    let d = s.due_schedules(10_000, 10).await.unwrap();
+    assert_eq!(
+        d.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["b", "c", "d"]
+    );
+    assert_eq!(d[2].kind, ScheduleKind::Other("custom".into()));
+    // Deleting a session deletes its schedule entries.
+    s.delete_session("sess", 1).await.unwrap();
+    assert!(s.session_schedules("sess").await.unwrap().is_empty());
+    let d: Vec<String> = s
+        .due_schedules(10_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(d, ["b", "d"]);
+}
+
+pub async fn schedule_claim_race<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    let n = 40;
+    for i in 0..n {
+        s.put_schedule(&entry(&format!("e{i:03}"), None, 10))
+            .await
+            .unwrap();
+    }
+    let other = Arc::new(h.another_client(&s).await);
+    let s = Arc::new(s);
+    let fired: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let client: Arc<dyn SessionStore> = if w % 2 == 0 { s.clone() } else { other.clone() };
+        let fired = fired.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let due = client.due_schedules(100, 8).await.unwrap();
+                if due.is_empty() {
+                    break;
+                }
+                for e in due {
+                    if client
+                        .claim_schedule(&e.id, &format!("worker{w}"), 100, 60_000)
+                        .await
+                        .unwrap()
+                    {
+                        *fired.lock().unwrap().entry(e.id.clone()).or_default() += 1;
+                        client.delete_schedule(&e.id).await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let fired = fired.lock().unwrap();
+    assert_eq!(fired.len(), n, "every entry fired");
+    assert!(
+        fired.values().all(|&c| c == 1),
+        "an entry fired twice: {fired:?}"
+    );
+}
+
+pub async fn leases<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    let b = h.another_client(&s).await;
+    assert_eq!(s.read_lease("primary").await.unwrap(), None);
+    let l1 = s
+        .acquire_lease("primary", "node-a", 30_000)
+        .await
+        .unwrap()
+        .expect("free");
+    assert_eq!(l1.holder, "node-a");
+    assert!(
+        b.acquire_lease("primary", "node-b", 30_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "held"
+    );
+    assert_eq!(
+        b.read_lease("primary").await.unwrap().map(|l| l.token),
+        Some(l1.token)
+    );
+    let r = s.renew_lease(&l1, 60_000).await.unwrap();
+    assert_eq!(r.token, l1.token);
+    assert!(r.expires_at_ms >= l1.expires_at_ms);
+    // Renewing with the wrong token fails.
+    let forged = Lease {
+        token: l1.token + 100,
+        ..l1.clone()
+    };
+    assert!(matches!(
+        s.renew_lease(&forged, 1_000).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    b.release_lease(&forged).await.unwrap(); // wrong token: no effect
+    assert!(b.read_lease("primary").await.unwrap().is_some());
+    s.release_lease(&l1).await.unwrap();
+    assert_eq!(s.read_lease("primary").await.unwrap(), None);
+    let l2 = b
+        .acquire_lease("primary", "node-b", 30_000)
+        .await
+        .unwrap()
+        .expect("released");
+    assert!(l2.token > l1.token, "tokens only grow");
+    assert!(matches!(
+        s.renew_lease(&l1, 1_000).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    // Independent names.
+    assert!(
+        s.acquire_lease("other", "node-a", 30_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+pub async fn lease_expiry_and_takeover<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    let b = h.another_client(&s).await;
+    let l1 = s
+        .acquire_lease("node-1", "primary", 300)
+        .await
+        .unwrap()
+        .expect("free");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let l2 = loop {
+        if let Some(l) = b.acquire_lease("node-1", "backup", 30_000).await.unwrap() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(l2.token > l1.token, "a takeover gets a larger token");
+    assert!(matches!(
+        s.renew_lease(&l1, 300).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        s.read_lease("node-1").await.unwrap().map(|l| l.holder),
+        Some("backup".into())
+    );
+    // The old holder's writes are fenced off.
+    b.write_session(write("x", "node-1", b"new", None, l2.token))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.write_session(write("x", "node-1", b"old", Some(1), l1.token))
+            .await,
+        Err(StoreError::StaleFence { .. })
+    ));
+}
+
+pub async fn large_snapshot<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    let big: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 31 % 251) as u8).collect();
+    s.write_session(write("big", "n1", &big, None, 1))
+        .await
+        .unwrap();
+    let other = h.another_client(&s).await;
+    assert_eq!(
+        other.read_session("big").await.unwrap().unwrap().snapshot,
+        big
+    );
+}
+
+pub async fn corrupt_bytes<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    s.write_session(write("bad", "n1", b"fine", None, 1))
+        .await
+        .unwrap();
+    if !h.corrupt_session(&s, "bad").await {
+        return;
+    }
+    match s.read_session("bad").await {
+        Err(StoreError::Corrupt { key, .. }) => assert!(key.contains("bad"), "{key}"),
+        other => panic!("corrupt bytes must be reported as Corrupt, got {other:?}"),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        id: u8,
+        node: u8,
+        expected: Option<u64>,
+        fence: Fence,
+    },
+    Read {
+        id: u8,
+    },
+    Delete {
+        id: u8,
+        fence: Fence,
+    },
+    Move {
+        id: u8,
+        node: u8,
+        fence: Fence,
+    },
+    List {
+        node: u8,
+    },
+    PutSchedule {
+        id: u8,
+        session: Option<u8>,
+        due: u64,
+    },
+    Due {
+        now: u64,
+    },
+    Claim {
+        id: u8,
+        now: u64,
+    },
+    DeleteSchedule {
+        id: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..3u8, 0..2u8, prop::option::of(1..4u64), 0..3u64)
+            .prop_map(|(id, node, expected, fence)| Op::Write { id, node, expected, fence }),
+        2 => (0..3u8).prop_map(|id| Op::Read { id }),
+        1 => (0..3u8, 0..3u64).prop_map(|(id, fence)| Op::Delete { id, fence }),
+        1 => (0..3u8, 0..2u8, 0..3u64).prop_map(|(id, node, fence)| Op::Move { id, node, fence }),
+        1 => (0..2u8).prop_map(|node| Op::List { node }),
+        2 => (0..4u8, prop::option::of(0..3u8), 0..50u64)
+            .prop_map(|(id, session, due)| Op::PutSchedule { id, session, due }),
+        1 => (0..60u64).prop_map(|now| Op::Due { now }),
+        1 => (0..4u8, 0..60u64).prop_map(|(id, now)| Op::Claim { id, now }),
+        1 => (0..4u8).prop_map(|id| Op::DeleteSchedule { id }),
+    ]
+}
+
+fn outcome<T: std::fmt::Debug>(r: Result<T>) -> String {
+    match r {
+        Ok(v) => format!("ok {v:?}"),
+        // Compare the kind of error and its numbers, not backend-specific wording.
+        Err(StoreError::VersionConflict {
+            expected, found, ..
+        }) => format!("conflict {expected:?} {found:?}"),
+        Err(StoreError::StaleFence { given, current, .. }) => format!("stale {given} {current}"),
+        Err(StoreError::NotFound(_)) => "not found".into(),
+        Err(e) => format!("other error: {e}"),
+    }
+}
+
+async fn apply(s: &dyn SessionStore, op: &Op) -> String {
+    let sid = |i: u8| format!("s{i}");
+    let node = |i: u8| format!("n{i}");
+    match op {
+        Op::Write {
+            id,
+            node: n,
+            expected,
+            fence,
+        } => {
+            let body = format!("{op:?}");
+            outcome(
+                s.write_session(SessionWrite {
+                    id: &sid(*id),
+                    node: &node(*n),
+                    document: "d",
+                    snapshot: body.as_bytes(),
+                    expected_version: *expected,
+                    fence: *fence,
+                })
+                .await,
+            )
+        }
+        Op::Read { id } => outcome(s.read_session(&sid(*id)).await),
+        Op::Delete { id, fence } => outcome(s.delete_session(&sid(*id), *fence).await),
+        Op::Move { id, node: n, fence } => {
+            outcome(s.move_session(&sid(*id), &node(*n), *fence).await)
+        }
+        Op::List { node: n } => outcome(s.node_sessions(&node(*n)).await.map(|mut v| {
+            v.sort();
+            v
+        })),
+        Op::PutSchedule { id, session, due } => outcome(
+            s.put_schedule(&ScheduleEntry {
+                id: format!("e{id}"),
+                session: session.map(sid),
+                due_ms: *due,
+                kind: ScheduleKind::StartSession,
+                payload: vec![*id],
+            })
+            .await,
+        ),
+        Op::Due { now } => outcome(s.due_schedules(*now, 100).await),
+        Op::Claim { id, now } => outcome(s.claim_schedule(&format!("e{id}"), "me", *now, 10).await),
+        Op::DeleteSchedule { id } => outcome(s.delete_schedule(&format!("e{id}")).await),
+    }
+}
+
+/// Model-based check: random operation sequences give the same results on the backend as
+/// on [`MemoryStore`], the reference model. Runs its own runtime (call it from a plain
+/// `#[test]`).
+pub fn model_check<H: Harness>(h: &H, cases: u32) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..Default::default()
+    });
+    runner
+        .run(&prop::collection::vec(op(), 1..40), |ops| {
+            rt.block_on(async {
+                let model = MemoryStore::new();
+                let real = h.fresh().await;
+                for (i, op) in ops.iter().enumerate() {
+                    let want = apply(&model, op).await;
+                    let got = apply(&real, op).await;
+                    prop_assert_eq!(&got, &want, "operation {} {:?}", i, op);
+                }
+                Ok(())
+            })
+        })
+        .unwrap_or_else(|e| panic!("the backend disagrees with the model: {e}"));
+}
