@@ -1,0 +1,719 @@
+#![doc = include_str!("../README.md")]
+
+mod scripts;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::config::{ClusterDiscoveryPolicy, ServerConfig};
+use ors_store::{
+    Fence, Lease, Result, ScheduleEntry, ScheduleKind, SessionRecord, SessionStore, SessionWrite,
+    StoreError,
+};
+
+/// Connection settings. Mirrors ORS's `persistence` options (`redis-nodes`, `username`,
+/// `password`, `tls-enabled`) plus what a client needs (prefix, pool, timeouts).
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port` (or `rediss://`) URLs. One URL and `cluster == false`: a
+    /// standalone server; otherwise the seed nodes of a Redis Cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// TLS with the system's root certificates.
+    pub tls: bool,
+    /// Every key starts with this (ORS uses `ORS:<cluster name>`).
+    pub key_prefix: String,
+    /// Connections (each pipelines many commands).
+    pub pool_size: usize,
+    /// A command that gets no answer in this time fails with [`StoreError::Unavailable`].
+    pub command_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Delay between reconnection attempts (forever).
+    pub reconnect_delay: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            username: None,
+            password: None,
+            tls: false,
+            key_prefix: "ors".into(),
+            pool_size: 2,
+            command_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A [`SessionStore`] on Redis. Clones share connections.
+///
+/// Key layout (`P` = key prefix; `{...}` is the cluster hash tag):
+/// - `P:doc:{hash}` — document bytes
+/// - `P:sess:{id}` — hash: `node`, `doc`, `ver`, `fence`, `snap`; `P:sess:{id}:sched` — set
+///   of the session's schedule ids (same slot, so a session is deleted atomically)
+/// - `P:node:{node}` — set of session ids; written before the session record and
+///   filtered against it when read, so a crash leaves at most a stale entry, never a
+///   missing one
+/// - `P:sch:{id}` — hash of a schedule entry and its claim; `P:due` — sorted set by due time
+/// - `P:lease:{name}` — hash `holder`, `token`, `expires` with a PX TTL;
+///   `P:lease:{name}:token` — the fencing token counter (never deleted)
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    prefix: String,
+}
+
+fn unavailable(e: Error) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn map_err(key: &str) -> impl Fn(Error) -> StoreError + '_ {
+    move |e: Error| {
+        if e.details().contains("WRONGTYPE") {
+            StoreError::Corrupt {
+                key: key.to_string(),
+                detail: e.details().to_string(),
+            }
+        } else {
+            unavailable(e)
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects (waiting at most `connect_timeout` for the first connection).
+    pub async fn connect(cfg: &RedisConfig) -> Result<RedisStore> {
+        let first = cfg
+            .urls
+            .first()
+            .ok_or_else(|| StoreError::Invalid("no Redis URL configured".into()))?;
+        let mut config =
+            Config::from_url(first).map_err(|e| StoreError::Invalid(format!("{first}: {e}")))?;
+        if cfg.cluster || cfg.urls.len() > 1 {
+            let mut hosts = Vec::new();
+            for u in &cfg.urls {
+                let c =
+                    Config::from_url(u).map_err(|e| StoreError::Invalid(format!("{u}: {e}")))?;
+                hosts.extend(c.server.hosts());
+            }
+            config.server = ServerConfig::Clustered {
+                hosts,
+                policy: ClusterDiscoveryPolicy::default(),
+            };
+        }
+        if cfg.username.is_some() {
+            config.username = cfg.username.clone();
+        }
+        if cfg.password.is_some() {
+            config.password = cfg.password.clone();
+        }
+        if cfg.tls {
+            config.tls = Some(
+                fred::types::config::TlsConnector::default_rustls()
+                    .map_err(|e| StoreError::Invalid(format!("TLS: {e}")))?
+                    .into(),
+            );
+        }
+        config.fail_fast = true;
+        let pool = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = cfg.command_timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = cfg.connect_timeout;
+                c.internal_command_timeout = cfg.command_timeout;
+                c.max_command_attempts = 2;
+            })
+            .set_policy(ReconnectPolicy::new_constant(
+                0,
+                cfg.reconnect_delay.as_millis() as u32,
+            ))
+            .build_pool(cfg.pool_size.max(1))
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        match tokio::time::timeout(cfg.connect_timeout, pool.init()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => {
+                let _ = pool.quit().await;
+                return Err(StoreError::Unavailable(format!(
+                    "redis: no connection to {} within {:?}",
+                    cfg.urls.join(","),
+                    cfg.connect_timeout
+                )));
+            }
+        }
+        Ok(RedisStore {
+            pool,
+            prefix: cfg.key_prefix.clone(),
+        })
+    }
+
+    /// The key prefix this store uses.
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        let _ = self.pool.quit().await;
+    }
+
+    fn k_doc(&self, hash: &str) -> String {
+        format!("{}:doc:{{{hash}}}", self.prefix)
+    }
+    fn k_sess(&self, id: &str) -> String {
+        format!("{}:sess:{{{id}}}", self.prefix)
+    }
+    fn k_sess_sched(&self, id: &str) -> String {
+        format!("{}:sess:{{{id}}}:sched", self.prefix)
+    }
+    fn k_node(&self, node: &str) -> String {
+        format!("{}:node:{{{node}}}", self.prefix)
+    }
+    fn k_sch(&self, id: &str) -> String {
+        format!("{}:sch:{{{id}}}", self.prefix)
+    }
+    fn k_due(&self) -> String {
+        format!("{}:due", self.prefix)
+    }
+    fn k_lease(&self, name: &str) -> String {
+        format!("{}:lease:{{{name}}}", self.prefix)
+    }
+    fn k_lease_token(&self, name: &str) -> String {
+        format!("{}:lease:{{{name}}}:token", self.prefix)
+    }
+
+    async fn eval(
+        &self,
+        script: &str,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        what: &str,
+    ) -> Result<Value> {
+        self.pool
+            .next()
+            .eval::<Value, _, _, _>(script, keys, args)
+            .await
+            .map_err(map_err(what))
+    }
+
+    /// Overwrites a session's key with a non-hash value. Only for testing corruption.
+    #[doc(hidden)]
+    pub async fn overwrite_session_raw(&self, id: &str, bytes: &[u8]) -> Result<()> {
+        let k = self.k_sess(id);
+        self.pool
+            .next()
+            .del::<i64, _>(&k)
+            .await
+            .map_err(unavailable)?;
+        self.pool
+            .next()
+            .set::<(), _, _>(&k, Bytes::copy_from_slice(bytes), None, None, false)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn read_schedule(
+        &self,
+        id: &str,
+    ) -> Result<Option<(ScheduleEntry, Option<String>, u64)>> {
+        let key = self.k_sch(id);
+        let h: HashMap<String, Value> = self
+            .pool
+            .next()
+            .hgetall(&key)
+            .await
+            .map_err(map_err(&key))?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = |d: &str| StoreError::Corrupt {
+            key: key.clone(),
+            detail: d.to_string(),
+        };
+        let due = num(h.get("due")).ok_or_else(|| corrupt("no due time"))?;
+        let kind = text(h.get("kind")).ok_or_else(|| corrupt("no kind"))?;
+        let entry = ScheduleEntry {
+            id: id.to_string(),
+            session: text(h.get("session")).filter(|s| !s.is_empty()),
+            due_ms: due,
+            kind: ScheduleKind::parse(&kind),
+            payload: bytes_of(h.get("payload")).unwrap_or_default(),
+        };
+        let claimed = text(h.get("claimed_by")).filter(|s| !s.is_empty());
+        Ok(Some((
+            entry,
+            claimed,
+            num(h.get("claim_until")).unwrap_or(0),
+        )))
+    }
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.to_string()),
+        Value::Bytes(b) => String::from_utf8(b.to_vec()).ok(),
+        Value::Integer(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn num(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::Integer(i) => u64::try_from(*i).ok(),
+        other => text(Some(other))?.parse().ok(),
+    }
+}
+
+fn bytes_of(v: Option<&Value>) -> Option<Vec<u8>> {
+    match v? {
+        Value::Bytes(b) => Some(b.to_vec()),
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Null => None,
+        other => text(Some(other)).map(String::into_bytes),
+    }
+}
+
+/// The reply of a script as a list of values.
+fn list(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        Value::Null => Vec::new(),
+        other => vec![other],
+    }
+}
+
+fn str_arg(s: &str) -> Value {
+    Value::from(s)
+}
+
+fn session_error(id: &str, reply: &[Value], expected: Option<u64>, fence: Fence) -> StoreError {
+    let key = format!("session {id}");
+    match text(reply.first()).as_deref() {
+        Some("stale") => StoreError::StaleFence {
+            key,
+            given: fence,
+            current: num(reply.get(1)).unwrap_or(0),
+        },
+        Some("conflict") => StoreError::VersionConflict {
+            key,
+            expected,
+            found: num(reply.get(1)),
+        },
+        Some("notfound") => StoreError::NotFound(key),
+        Some("corrupt") => StoreError::Corrupt {
+            key,
+            detail: "unparsable version or fence".into(),
+        },
+        other => StoreError::Other(format!("unexpected script reply {other:?}")),
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn put_document(&self, hash: &str, body: &[u8]) -> Result<()> {
+        let k = self.k_doc(hash);
+        self.pool
+            .next()
+            .set::<(), _, _>(
+                &k,
+                Bytes::copy_from_slice(body),
+                None,
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(map_err(&k))
+    }
+
+    async fn get_document(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        let k = self.k_doc(hash);
+        let v: Option<Bytes> = self.pool.next().get(&k).await.map_err(map_err(&k))?;
+        Ok(v.map(|b| b.to_vec()))
+    }
+
+    async fn write_session(&self, w: SessionWrite<'_>) -> Result<u64> {
+        // Index first: a crash after this leaves a stale entry that reads filter out.
+        let nk = self.k_node(w.node);
+        self.pool
+            .next()
+            .sadd::<i64, _, _>(&nk, w.id)
+            .await
+            .map_err(map_err(&nk))?;
+        let expected = w
+            .expected_version
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let reply = list(
+            self.eval(
+                scripts::WRITE_SESSION,
+                vec![self.k_sess(w.id)],
+                vec![
+                    str_arg(&expected),
+                    Value::from(w.fence as i64),
+                    str_arg(w.node),
+                    str_arg(w.document),
+                    Value::Bytes(Bytes::copy_from_slice(w.snapshot)),
+                ],
+                &format!("session {}", w.id),
+            )
+            .await?,
+        );
+        if text(reply.first()).as_deref() != Some("ok") {
+            return Err(session_error(w.id, &reply, w.expected_version, w.fence));
+        }
+        let version =
+            num(reply.get(1)).ok_or_else(|| StoreError::Other("no version in reply".into()))?;
+        if let Some(old) = text(reply.get(2)).filter(|o| !o.is_empty() && o != w.node) {
+            let ok = self.k_node(&old);
+            self.pool
+                .next()
+                .srem::<i64, _, _>(&ok, w.id)
+                .await
+                .map_err(map_err(&ok))?;
+        }
+        Ok(version)
+    }
+
+    async fn read_session(&self, id: &str) -> Result<Option<SessionRecord>> {
+        let key = self.k_sess(id);
+        let h: HashMap<String, Value> = self
+            .pool
+            .next()
+            .hgetall(&key)
+            .await
+            .map_err(map_err(&format!("session {id}")))?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = |d: &str| StoreError::Corrupt {
+            key: format!("session {id}"),
+            detail: d.to_string(),
+        };
+        Ok(Some(SessionRecord {
+            id: id.to_string(),
+            node: text(h.get("node")).ok_or_else(|| corrupt("no node"))?,
+            document: text(h.get("doc")).ok_or_else(|| corrupt("no document"))?,
+            version: num(h.get("ver")).ok_or_else(|| corrupt("bad version"))?,
+            fence: num(h.get("fence")).ok_or_else(|| corrupt("bad fence"))?,
+            snapshot: bytes_of(h.get("snap")).unwrap_or_default(),
+        }))
+    }
+
+    async fn delete_session(&self, id: &str, fence: Fence) -> Result<()> {
+        let reply = list(
+            self.eval(
+                scripts::DELETE_SESSION,
+                vec![self.k_sess(id), self.k_sess_sched(id)],
+                vec![Value::from(fence as i64)],
+                &format!("session {id}"),
+            )
+            .await?,
+        );
+        match text(reply.first()).as_deref() {
+            Some("ok") => {}
+            Some("missing") => return Ok(()),
+            _ => return Err(session_error(id, &reply, None, fence)),
+        }
+        let node = text(reply.get(1)).unwrap_or_default();
+        let nk = self.k_node(&node);
+        self.pool
+            .next()
+            .srem::<i64, _, _>(&nk, id)
+            .await
+            .map_err(map_err(&nk))?;
+        for e in reply.iter().skip(2).filter_map(|v| text(Some(v))) {
+            self.pool
+                .next()
+                .del::<i64, _>(self.k_sch(&e))
+                .await
+                .map_err(unavailable)?;
+            self.pool
+                .next()
+                .zrem::<i64, _, _>(self.k_due(), e)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn node_sessions(&self, node: &str) -> Result<Vec<String>> {
+        let nk = self.k_node(node);
+        let ids: Vec<String> = self.pool.next().smembers(&nk).await.map_err(map_err(&nk))?;
+        let mut out = Vec::new();
+        for id in ids {
+            let owner: Option<String> = self
+                .pool
+                .next()
+                .hget(self.k_sess(&id), "node")
+                .await
+                .map_err(map_err(&format!("session {id}")))?;
+            if owner.as_deref() == Some(node) {
+                out.push(id);
+            } else {
+                // A leftover of an interrupted write or move: clean it up.
+                self.pool
+                    .next()
+                    .srem::<i64, _, _>(&nk, &id)
+                    .await
+                    .map_err(map_err(&nk))?;
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn move_session(&self, id: &str, to_node: &str, fence: Fence) -> Result<()> {
+        let nk = self.k_node(to_node);
+        self.pool
+            .next()
+            .sadd::<i64, _, _>(&nk, id)
+            .await
+            .map_err(map_err(&nk))?;
+        let reply = list(
+            self.eval(
+                scripts::MOVE_SESSION,
+                vec![self.k_sess(id)],
+                vec![str_arg(to_node), Value::from(fence as i64)],
+                &format!("session {id}"),
+            )
+            .await?,
+        );
+        if text(reply.first()).as_deref() != Some("ok") {
+            return Err(session_error(id, &reply, None, fence));
+        }
+        if let Some(old) = text(reply.get(1)).filter(|o| o != to_node) {
+            let ok = self.k_node(&old);
+            self.pool
+                .next()
+                .srem::<i64, _, _>(&ok, id)
+                .await
+                .map_err(map_err(&ok))?;
+        }
+        Ok(())
+    }
+
+    async fn put_schedule(&self, e: &ScheduleEntry) -> Result<()> {
+        if let Some(s) = &e.session {
+            let k = self.k_sess_sched(s);
+            self.pool
+                .next()
+                .sadd::<i64, _, _>(&k, &e.id)
+                .await
+                .map_err(map_err(&k))?;
+        }
+        self.eval(
+            scripts::PUT_SCHEDULE,
+            vec![self.k_sch(&e.id)],
+            vec![
+                Value::from(e.due_ms as i64),
+                str_arg(e.session.as_deref().unwrap_or("")),
+                str_arg(e.kind.as_str()),
+                Value::Bytes(Bytes::copy_from_slice(&e.payload)),
+            ],
+            &format!("schedule {}", e.id),
+        )
+        .await?;
+        let dk = self.k_due();
+        self.pool
+            .next()
+            .zadd::<i64, _, _>(
+                &dk,
+                None,
+                None,
+                false,
+                false,
+                (e.due_ms as f64, e.id.as_str()),
+            )
+            .await
+            .map_err(map_err(&dk))?;
+        Ok(())
+    }
+
+    async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<ScheduleEntry>> {
+        let dk = self.k_due();
+        let page = (limit * 2).max(64) as i64;
+        let mut offset = 0i64;
+        let mut out = Vec::new();
+        loop {
+            let ids: Vec<String> = self
+                .pool
+                .next()
+                .zrangebyscore(&dk, "-inf", now_ms as f64, false, Some((offset, page)))
+                .await
+                .map_err(map_err(&dk))?;
+            let n = ids.len() as i64;
+            for id in ids {
+                match self.read_schedule(&id).await? {
+                    Some((entry, claimed, until)) => {
+                        if claimed.is_none() || until <= now_ms {
+                            out.push(entry);
+                            if out.len() >= limit {
+                                return Ok(out);
+                            }
+                        }
+                    }
+                    None => {
+                        // Deleted between the index and the entry: clean up.
+                        self.pool
+                            .next()
+                            .zrem::<i64, _, _>(&dk, &id)
+                            .await
+                            .map_err(map_err(&dk))?;
+                        offset -= 1;
+                    }
+                }
+            }
+            if n < page {
+                return Ok(out);
+            }
+            offset += n;
+        }
+    }
+
+    async fn claim_schedule(
+        &self,
+        id: &str,
+        claimer: &str,
+        now_ms: u64,
+        claim_ms: u64,
+    ) -> Result<bool> {
+        let r = self
+            .eval(
+                scripts::CLAIM_SCHEDULE,
+                vec![self.k_sch(id)],
+                vec![
+                    str_arg(claimer),
+                    Value::from(now_ms as i64),
+                    Value::from(now_ms.saturating_add(claim_ms) as i64),
+                ],
+                &format!("schedule {id}"),
+            )
+            .await?;
+        Ok(num(Some(&r)) == Some(1))
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<()> {
+        let session: Option<String> = self
+            .pool
+            .next()
+            .hget(self.k_sch(id), "session")
+            .await
+            .map_err(map_err(&format!("schedule {id}")))?;
+        self.pool
+            .next()
+            .del::<i64, _>(self.k_sch(id))
+            .await
+            .map_err(unavailable)?;
+        self.pool
+            .next()
+            .zrem::<i64, _, _>(self.k_due(), id)
+            .await
+            .map_err(unavailable)?;
+        if let Some(s) = session.filter(|s| !s.is_empty()) {
+            self.pool
+                .next()
+                .srem::<i64, _, _>(self.k_sess_sched(&s), id)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn session_schedules(&self, session: &str) -> Result<Vec<ScheduleEntry>> {
+        let k = self.k_sess_sched(session);
+        let ids: Vec<String> = self.pool.next().smembers(&k).await.map_err(map_err(&k))?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some((e, _, _)) = self.read_schedule(&id).await? {
+                out.push(e);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<Option<Lease>> {
+        let reply = list(
+            self.eval(
+                scripts::ACQUIRE_LEASE,
+                vec![self.k_lease(name), self.k_lease_token(name)],
+                vec![str_arg(holder), Value::from(ttl_ms.max(1) as i64)],
+                &format!("lease {name}"),
+            )
+            .await?,
+        );
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Lease {
+            name: name.to_string(),
+            holder: holder.to_string(),
+            token: num(reply.first())
+                .ok_or_else(|| StoreError::Other("no token in reply".into()))?,
+            expires_at_ms: num(reply.get(1)).unwrap_or(0),
+        }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
+        let reply = self
+            .eval(
+                scripts::RENEW_LEASE,
+                vec![self.k_lease(&lease.name)],
+                vec![
+                    str_arg(&lease.holder),
+                    Value::from(lease.token as i64),
+                    Value::from(ttl_ms.max(1) as i64),
+                ],
+                &format!("lease {}", lease.name),
+            )
+            .await?;
+        match num(Some(&reply)) {
+            Some(expires) => Ok(Lease {
+                expires_at_ms: expires,
+                ..lease.clone()
+            }),
+            None => Err(StoreError::LeaseLost {
+                name: lease.name.clone(),
+                holder: lease.holder.clone(),
+                token: lease.token,
+            }),
+        }
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        self.eval(
+            scripts::RELEASE_LEASE,
+            vec![self.k_lease(&lease.name)],
+            vec![Value::from(lease.token as i64)],
+            &format!("lease {}", lease.name),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn read_lease(&self, name: &str) -> Result<Option<Lease>> {
+        let k = self.k_lease(name);
+        let h: HashMap<String, Value> = self.pool.next().hgetall(&k).await.map_err(map_err(&k))?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = |d: &str| StoreError::Corrupt {
+            key: k.clone(),
+            detail: d.into(),
+        };
+        Ok(Some(Lease {
+            name: name.to_string(),
+            holder: text(h.get("holder")).ok_or_else(|| corrupt("no holder"))?,
+            token: num(h.get("token")).ok_or_else(|| corrupt("no token"))?,
+            expires_at_ms: num(h.get("expires")).ok_or_else(|| corrupt("no expiry"))?,
+        }))
+    }
+}
