@@ -42,7 +42,8 @@ enum Command {
         /// this bounds virtual time.
         #[arg(long, default_value_t = 60_000)]
         timeout_ms: u64,
-        /// Print `<log>` output on stderr.
+        /// Print `<log>` output on stderr. (Exit status: 0 final state reached or nothing
+        /// left to do, 2 bad document, 3 timeout, 4 session aborted by a limit.)
         #[arg(long)]
         log: bool,
     },
@@ -96,6 +97,18 @@ fn status(host: &LocalHost<FileFactory>, sid: &str) -> bool {
     done
 }
 
+/// Exit status for an ended session: 0 when it reached a final state, 4 when it was
+/// aborted (the reason goes to stderr).
+fn ended(host: &LocalHost<FileFactory>, sid: &str) -> ExitCode {
+    match host.ended.get(sid) {
+        Some(Some(reason)) => {
+            eprintln!("ors: session aborted: {reason}");
+            ExitCode::from(4)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
 fn flush_logs(host: &mut LocalHost<FileFactory>, enabled: bool) {
     for l in host.logs.drain(..) {
         if enabled {
@@ -145,7 +158,7 @@ fn run(
     }
     flush_logs(&mut host, log);
     if status(&host, &sid) {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ended(&host, &sid));
     }
     let mut stdin_open = true;
     loop {
@@ -174,7 +187,7 @@ fn run(
             flush_logs(&mut host, log);
             if host.session(&sid).is_some_and(|s| s.is_done()) {
                 status(&host, &sid);
-                return Ok(ExitCode::SUCCESS);
+                return Ok(ended(&host, &sid));
             }
             continue;
         }
@@ -206,7 +219,7 @@ fn run(
                 }
                 flush_logs(&mut host, log);
                 if status(&host, &sid) {
-                    return Ok(ExitCode::SUCCESS);
+                    return Ok(ended(&host, &sid));
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -218,7 +231,7 @@ fn run(
                 flush_logs(&mut host, log);
                 if host.session(&sid).is_some_and(|s| s.is_done()) {
                     status(&host, &sid);
-                    return Ok(ExitCode::SUCCESS);
+                    return Ok(ended(&host, &sid));
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => stdin_open = false,

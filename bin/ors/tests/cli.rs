@@ -177,3 +177,15 @@ fn run_refuses_an_invalid_document() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown transition target"));
 }
+
+#[test]
+fn run_reports_an_aborted_session() {
+    let doc = write_doc(
+        "endless.scxml",
+        r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <state id="s"><transition cond="true"/></state></scxml>"#,
+    );
+    let o = ors(&["run", doc.to_str().unwrap()], "");
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("microsteps"));
+}

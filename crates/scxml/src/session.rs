@@ -30,7 +30,7 @@ pub struct SessionLimits {
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
-            max_microsteps: 100_000,
+            max_microsteps: 10_000,
             max_timers: 10_000,
             max_queue: 10_000,
         }

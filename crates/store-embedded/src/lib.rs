@@ -1,10 +1,4 @@
-//! The embedded session store: one crash-safe file on disk (redb), the `ors` server's
-//! zero-setup default.
-//!
-//! Every call is one redb write transaction committed with `Durability::Immediate`: when
-//! a call returns `Ok`, its effect survives `kill -9` and power loss (redb's copy-on-write
-//! commit with fsync). Calls run on tokio's blocking pool. One process opens a file at a
-//! time (redb locks it); clone the store to share it between tasks.
+#![doc = include_str!("../README.md")]
 
 use std::path::Path;
 use std::sync::Arc;
