@@ -400,7 +400,11 @@ impl Runtime {
             None => JsValue::undefined(),
             Some(c) => self.content(c).unwrap_or_default(),
         };
-        let fields: [(&str, JsValue); 7] = [
+        let raw = match &ev.raw {
+            Some(r) => JsValue::from(JsString::from(r.as_str())),
+            None => JsValue::undefined(),
+        };
+        let fields: [(&str, JsValue); 8] = [
             ("name", JsValue::from(JsString::from(ev.name.as_str()))),
             ("type", JsValue::from(JsString::from(kind))),
             ("sendid", s(&ev.sendid)),
@@ -408,6 +412,7 @@ impl Runtime {
             ("origintype", s(&ev.origintype)),
             ("invokeid", s(&ev.invokeid)),
             ("data", data),
+            ("raw", raw),
         ];
         for (k, v) in fields {
             o.insert_property(

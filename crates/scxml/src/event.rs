@@ -37,6 +37,9 @@ pub struct Event {
     pub invokeid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Content>,
+    /// The raw message as received (the BasicHTTP processor puts the HTTP request here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
 
 impl Event {
@@ -50,6 +53,7 @@ impl Event {
             origintype: None,
             invokeid: None,
             data: data.map(Content::Json),
+            raw: None,
         }
     }
 
@@ -62,6 +66,7 @@ impl Event {
             origintype: None,
             invokeid: None,
             data: message.map(|m| Content::Json(serde_json::json!({ "message": m }))),
+            raw: None,
         }
     }
 

@@ -278,6 +278,8 @@ impl<F: SessionFactory> LocalHost<F> {
                             origintype: Some(SCXML_PROCESSOR.into()),
                             invokeid: Some(invokeid.clone()),
                             data,
+
+                            raw: None,
                         };
                         let _ = self.deliver(&psid, ev);
                         if let Some(p) = self.sessions.get_mut(&psid) {

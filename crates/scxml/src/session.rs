@@ -615,6 +615,8 @@ impl Session {
                         origintype: None,
                         invokeid: None,
                         data,
+
+                        raw: None,
                     });
                     if let Some(gp) = doc.state(parent).parent
                         && doc.state(gp).kind == StateKind::Parallel
@@ -628,6 +630,8 @@ impl Session {
                             origintype: None,
                             invokeid: None,
                             data: None,
+
+                            raw: None,
                         });
                     }
                 }
@@ -827,6 +831,8 @@ impl Session {
                     origintype: None,
                     invokeid: None,
                     data: None,
+
+                    raw: None,
                 });
             }
             Action::Log { label, expr } => {
@@ -1040,6 +1046,8 @@ impl Session {
             origintype: Some(SCXML_PROCESSOR.to_string()),
             invokeid: None,
             data,
+
+            raw: None,
         };
         if delay_ms > 0 {
             if self.timers.len() >= self.limits.max_timers {

@@ -70,6 +70,7 @@ async fn conformance_suite_against_a_real_cluster() {
     testkit::leases(&h).await;
     testkit::lease_expiry_and_takeover(&h).await;
     testkit::large_snapshot(&h).await;
+    testkit::batch_writes(&h).await;
     testkit::corrupt_bytes(&h).await;
 }
 

@@ -108,6 +108,64 @@ fn session_meta(
     }
 }
 
+struct OwnedWrite {
+    id: String,
+    node: String,
+    document: String,
+    snapshot: Vec<u8>,
+    expected: Option<u64>,
+    fence: Fence,
+}
+
+impl From<&SessionWrite<'_>> for OwnedWrite {
+    fn from(w: &SessionWrite<'_>) -> Self {
+        OwnedWrite {
+            id: w.id.to_string(),
+            node: w.node.to_string(),
+            document: w.document.to_string(),
+            snapshot: w.snapshot.to_vec(),
+            expected: w.expected_version,
+            fence: w.fence,
+        }
+    }
+}
+
+fn apply_write(txn: &redb::WriteTransaction, w: &OwnedWrite) -> Result<u64> {
+    let mut t = txn.open_table(SESSIONS).map_err(other)?;
+    let cur = session_meta(&t, &w.id)?;
+    let sw = SessionWrite {
+        id: &w.id,
+        node: &w.node,
+        document: &w.document,
+        snapshot: &w.snapshot,
+        expected_version: w.expected,
+        fence: w.fence,
+    };
+    check_write(cur.as_ref().map(|r| (r.version, r.fence)), &sw)?;
+    let version = cur.as_ref().map_or(1, |r| r.version + 1);
+    let rec = SessionRecord {
+        id: w.id.clone(),
+        node: w.node.clone(),
+        document: w.document.clone(),
+        version,
+        fence: w.fence,
+        snapshot: w.snapshot.clone(),
+    };
+    t.insert(w.id.as_str(), record::encode_session(&rec).as_slice())
+        .map_err(other)?;
+    drop(t);
+    let mut idx = txn.open_table(BY_NODE).map_err(other)?;
+    if let Some(old) = &cur
+        && old.node != w.node
+    {
+        idx.remove((old.node.as_str(), w.id.as_str()))
+            .map_err(other)?;
+    }
+    idx.insert((w.node.as_str(), w.id.as_str()), ())
+        .map_err(other)?;
+    Ok(version)
+}
+
 fn remove_schedule(txn: &redb::WriteTransaction, id: &str) -> Result<()> {
     let mut t = txn.open_table(SCHEDULES).map_err(other)?;
     let old = match t.remove(id).map_err(other)? {
@@ -164,49 +222,29 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn write_session(&self, w: SessionWrite<'_>) -> Result<u64> {
-        let (id, node, document, snapshot) = (
-            w.id.to_string(),
-            w.node.to_string(),
-            w.document.to_string(),
-            w.snapshot.to_vec(),
-        );
-        let (expected, fence) = (w.expected_version, w.fence);
-        self.write(move |txn| {
-            let mut t = txn.open_table(SESSIONS).map_err(other)?;
-            let cur = session_meta(&t, &id)?;
-            let w = SessionWrite {
-                id: &id,
-                node: &node,
-                document: &document,
-                snapshot: &snapshot,
-                expected_version: expected,
-                fence,
-            };
-            check_write(cur.as_ref().map(|r| (r.version, r.fence)), &w)?;
-            let version = cur.as_ref().map_or(1, |r| r.version + 1);
-            let rec = SessionRecord {
-                id: id.clone(),
-                node: node.clone(),
-                document: document.clone(),
-                version,
-                fence,
-                snapshot,
-            };
-            t.insert(id.as_str(), record::encode_session(&rec).as_slice())
-                .map_err(other)?;
-            drop(t);
-            let mut idx = txn.open_table(BY_NODE).map_err(other)?;
-            if let Some(old) = &cur
-                && old.node != node
-            {
-                idx.remove((old.node.as_str(), id.as_str()))
-                    .map_err(other)?;
-            }
-            idx.insert((node.as_str(), id.as_str()), ())
-                .map_err(other)?;
-            Ok(version)
-        })
-        .await
+        let mut r = self.write_sessions(&[w]).await;
+        r.pop()
+            .unwrap_or_else(|| Err(StoreError::Other("no result".into())))
+    }
+
+    /// All writes in one transaction and one fsync (group commit); each is checked on its
+    /// own against the state left by the ones before it.
+    async fn write_sessions(&self, writes: &[SessionWrite<'_>]) -> Vec<Result<u64>> {
+        let owned: Vec<OwnedWrite> = writes.iter().map(OwnedWrite::from).collect();
+        let n = owned.len();
+        let r = self
+            .write(move |txn| {
+                let mut results = Vec::with_capacity(owned.len());
+                for w in &owned {
+                    results.push(apply_write(txn, w));
+                }
+                Ok(results)
+            })
+            .await;
+        match r {
+            Ok(v) => v,
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
     }
 
     async fn read_session(&self, id: &str) -> Result<Option<SessionRecord>> {

@@ -158,6 +158,16 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Creates or replaces a session (see [`SessionWrite`]) and indexes it under its node.
     /// Returns the new version.
     async fn write_session(&self, w: SessionWrite<'_>) -> Result<u64>;
+    /// Several writes at once, each checked and applied on its own (one failing does not
+    /// stop the others); results in order. Backends that can commit many writes in one
+    /// durable step (group commit) override this; the default writes one by one.
+    async fn write_sessions(&self, writes: &[SessionWrite<'_>]) -> Vec<Result<u64>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(self.write_session(*w).await);
+        }
+        out
+    }
     async fn read_session(&self, id: &str) -> Result<Option<SessionRecord>>;
     /// Removes a session's record, index entry and schedule entries. Deleting a missing
     /// session is not an error.

@@ -60,6 +60,7 @@ macro_rules! conformance_tests {
             case!(leases);
             case!(lease_expiry_and_takeover);
             case!(large_snapshot);
+            case!(batch_writes);
             case!(corrupt_bytes);
             #[test]
             fn model_check() {
@@ -545,6 +546,35 @@ pub async fn large_snapshot<H: Harness>(h: &H) {
         other.read_session("big").await.unwrap().unwrap().snapshot,
         big
     );
+}
+
+pub async fn batch_writes<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    s.write_session(write("b1", "n1", b"x", None, 1))
+        .await
+        .unwrap();
+    let r = s
+        .write_sessions(&[
+            write("b1", "n1", b"y", Some(1), 1),    // ok -> 2
+            write("b2", "n1", b"new", None, 1),     // ok -> 1
+            write("b1", "n1", b"z", Some(1), 1),    // conflict: the first write made it 2
+            write("b3", "n1", b"late", Some(4), 1), // conflict: missing
+            write("b1", "n1", b"w", Some(2), 1),    // ok -> 3
+        ])
+        .await;
+    let summary: Vec<String> = r.iter().map(|x| outcome(x.clone())).collect();
+    assert_eq!(
+        summary,
+        [
+            "ok 2",
+            "ok 1",
+            "conflict Some(1) Some(2)",
+            "conflict Some(4) None",
+            "ok 3"
+        ]
+    );
+    assert_eq!(s.read_session("b1").await.unwrap().unwrap().snapshot, b"w");
+    assert!(s.write_sessions(&[]).await.is_empty());
 }
 
 pub async fn corrupt_bytes<H: Harness>(h: &H) {
