@@ -1,0 +1,70 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the runtime can be told. Every field has a default (see [`Default`]).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// This node's id; it is embedded in every session id (`<node>-<random>`). Letters,
+    /// digits and `_`.
+    pub node_id: String,
+    /// Worker threads that run sessions (each has its own JS context). 0: one per core.
+    pub workers: usize,
+    /// Where `file:` and relative `src` documents are looked up; nothing outside it is
+    /// served. `None`: file documents are refused.
+    pub documents_dir: Option<PathBuf>,
+    /// Persist sessions whose `<scxml>` has no `_persist` attribute (ORS's
+    /// `persistence-default`).
+    pub persistence_default: bool,
+    /// How the server is reached from outside (for `_ioprocessors` BasicHTTP locations).
+    pub external_url: String,
+    /// Largest document (bytes) fetched or compiled.
+    pub max_document_bytes: usize,
+    pub fetch_timeout: Duration,
+    pub max_sessions: usize,
+    /// Events waiting per session.
+    pub max_queue: usize,
+    /// Commands waiting per worker before callers get "overloaded".
+    pub worker_queue: usize,
+    /// Sessions idle this long leave memory (persisted ones come back on their next event).
+    pub idle_timeout: Duration,
+    /// Sessions are terminated after running this long (`None`: never).
+    pub max_session_lifetime: Option<Duration>,
+    /// `_event`-less `/request` calls wait this long for a `<response>`.
+    pub request_timeout: Duration,
+    /// A scheduled start or stop whose time is at most this far in the future runs at once
+    /// (ORS's 5-second processing allowance).
+    pub schedule_allowance: Duration,
+    /// How often the scheduler polls the store when it knows of nothing due sooner.
+    pub schedule_poll: Duration,
+    /// The node lease (fencing token source).
+    pub lease_ttl: Duration,
+    /// JS limits per worker.
+    pub js: ors_ecmascript::RuntimeOptions,
+    /// Finished sessions stay queryable this long.
+    pub finished_retention: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            node_id: "node1".into(),
+            workers: 0,
+            documents_dir: None,
+            persistence_default: true,
+            external_url: "http://127.0.0.1:8080".into(),
+            max_document_bytes: 4 << 20,
+            fetch_timeout: Duration::from_secs(10),
+            max_sessions: 1_000_000,
+            max_queue: 1_000,
+            worker_queue: 10_000,
+            idle_timeout: Duration::from_secs(600),
+            max_session_lifetime: None,
+            request_timeout: Duration::from_secs(30),
+            schedule_allowance: Duration::from_secs(5),
+            schedule_poll: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(10),
+            js: ors_ecmascript::RuntimeOptions::default(),
+            finished_retention: Duration::from_secs(300),
+        }
+    }
+}
