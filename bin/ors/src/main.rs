@@ -1,4 +1,6 @@
-//! The `ors` command: `validate` and `run` SCXML documents (the server comes next).
+//! The `ors` command: `serve` the ORS REST API, `validate` and `run` SCXML documents.
+
+mod serve;
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -26,6 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server (with no configuration: 127.0.0.1:8080, embedded store in ./data,
+    /// documents from the current directory).
+    Serve(serve::ServeArgs),
     /// Check SCXML documents; prints `file:line:col: message` for every problem.
     Validate {
         #[arg(required = true)]
@@ -52,6 +57,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
+        Command::Serve(args) => serve_blocking(args),
         Command::Validate { files } => validate(&files),
         Command::Run {
             file,
@@ -67,6 +73,15 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn serve_blocking(args: serve::ServeArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve::serve(args))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,283 @@
+//! `ors serve`: configuration (defaults < TOML file < environment < flags), logging, the
+//! store, the runtime and the HTTP server, with graceful shutdown on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// The configuration file's shape; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub documents_dir: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub external_url: Option<String>,
+    pub workers: Option<usize>,
+    pub log_format: Option<String>,
+    pub store: StoreConfig,
+    pub limits: LimitsConfig,
+    pub sessions: SessionsConfig,
+    pub http: HttpSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `embedded` (default) or `redis`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub redis_urls: Option<Vec<String>>,
+    pub redis_cluster: Option<bool>,
+    pub redis_username: Option<String>,
+    pub redis_password: Option<String>,
+    pub redis_tls: Option<bool>,
+    pub redis_key_prefix: Option<String>,
+    pub redis_pool_size: Option<usize>,
+    pub redis_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_body_bytes: Option<usize>,
+    pub max_document_bytes: Option<usize>,
+    pub max_sessions: Option<usize>,
+    pub max_queue: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
+    pub js_loop_iterations: Option<u64>,
+    pub js_recursion: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    pub persistence_default: Option<bool>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_lifetime_secs: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
+    pub finished_retention_secs: Option<u64>,
+    pub lease_ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    pub heartbeat_backup_status: Option<u16>,
+    pub cookie: Option<String>,
+    pub request_timeout_secs: Option<u64>,
+}
+
+/// Flags; each also reads an `ORS_*` environment variable.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ORS_LISTEN")]
+    pub listen: Option<String>,
+    /// Where the embedded store keeps its file.
+    #[arg(long, env = "ORS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Documents named by relative paths or file: URLs are served from here only.
+    #[arg(long, env = "ORS_DOCUMENTS_DIR")]
+    pub documents_dir: Option<PathBuf>,
+    /// A TOML configuration file (see docs/configuration.md).
+    #[arg(long, env = "ORS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (letters, digits, _), embedded in session ids.
+    #[arg(long, env = "ORS_NODE_ID")]
+    pub node_id: Option<String>,
+    /// `embedded` or `redis`.
+    #[arg(long, env = "ORS_STORE")]
+    pub store: Option<String>,
+    /// Redis URL(s), comma-separated (several: a Redis Cluster).
+    #[arg(long, env = "ORS_REDIS_URL", value_delimiter = ',')]
+    pub redis_url: Option<Vec<String>>,
+    /// `human` or `json`.
+    #[arg(long, env = "ORS_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Worker threads running sessions (default: one per core).
+    #[arg(long, env = "ORS_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+fn secs(v: Option<u64>) -> Option<Duration> {
+    v.map(Duration::from_secs)
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("in {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let log_format = args
+        .log_format
+        .clone()
+        .or(file.log_format.clone())
+        .unwrap_or_else(|| "human".into());
+    init_logging(&log_format)?;
+    // One TLS crypto provider for every client in the process (reqwest and fred).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let listen = args
+        .listen
+        .clone()
+        .or(file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen}: expected ADDR:PORT"))?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| "data".into());
+    let documents_dir = args
+        .documents_dir
+        .clone()
+        .or(file.documents_dir.clone())
+        .unwrap_or_else(|| ".".into());
+    let node_id = args
+        .node_id
+        .clone()
+        .or(file.node_id.clone())
+        .unwrap_or_else(|| "node1".into());
+
+    let store_kind = args
+        .store
+        .clone()
+        .or(file.store.kind.clone())
+        .unwrap_or_else(|| "embedded".into());
+    let store: Arc<dyn ors_store::SessionStore> = match store_kind.as_str() {
+        "embedded" => {
+            let path = data_dir.join("ors.redb");
+            Arc::new(
+                ors_store_embedded::EmbeddedStore::open(&path)
+                    .with_context(|| format!("opening the embedded store {}", path.display()))?,
+            )
+        }
+        "redis" => {
+            let d = ors_store_redis::RedisConfig::default();
+            let s = &file.store;
+            let cfg = ors_store_redis::RedisConfig {
+                urls: args
+                    .redis_url
+                    .clone()
+                    .or(s.redis_urls.clone())
+                    .unwrap_or(d.urls),
+                cluster: s.redis_cluster.unwrap_or(false),
+                username: s.redis_username.clone(),
+                password: s.redis_password.clone(),
+                tls: s.redis_tls.unwrap_or(false),
+                key_prefix: s.redis_key_prefix.clone().unwrap_or(d.key_prefix),
+                pool_size: s.redis_pool_size.unwrap_or(d.pool_size),
+                command_timeout: s
+                    .redis_timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(d.command_timeout),
+                ..d
+            };
+            Arc::new(
+                ors_store_redis::RedisStore::connect(&cfg)
+                    .await
+                    .context("connecting to Redis")?,
+            )
+        }
+        other => anyhow::bail!("unknown store type \"{other}\" (use embedded or redis)"),
+    };
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let local = listener.local_addr()?;
+    let d = ors_runtime::RuntimeConfig::default();
+    let (l, ss) = (&file.limits, &file.sessions);
+    let rcfg = ors_runtime::RuntimeConfig {
+        node_id,
+        workers: args.workers.or(file.workers).unwrap_or(0),
+        documents_dir: Some(documents_dir.clone()),
+        persistence_default: ss.persistence_default.unwrap_or(d.persistence_default),
+        external_url: file
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}")),
+        max_document_bytes: l.max_document_bytes.unwrap_or(d.max_document_bytes),
+        max_sessions: l.max_sessions.unwrap_or(d.max_sessions),
+        max_queue: l.max_queue.unwrap_or(d.max_queue),
+        idle_timeout: secs(ss.idle_timeout_secs).unwrap_or(d.idle_timeout),
+        max_session_lifetime: secs(ss.max_lifetime_secs),
+        request_timeout: secs(ss.request_timeout_secs).unwrap_or(d.request_timeout),
+        finished_retention: secs(ss.finished_retention_secs).unwrap_or(d.finished_retention),
+        lease_ttl: ss
+            .lease_ttl_ms
+            .map(Duration::from_millis)
+            .unwrap_or(d.lease_ttl),
+        js: ors_ecmascript::RuntimeOptions {
+            loop_iteration_limit: l.js_loop_iterations.unwrap_or(d.js.loop_iteration_limit),
+            recursion_limit: l.js_recursion.unwrap_or(d.js.recursion_limit),
+        },
+        ..d
+    };
+    let hd = ors_http::HttpConfig::default();
+    let hcfg = ors_http::HttpConfig {
+        max_body_bytes: l.max_body_bytes.unwrap_or(hd.max_body_bytes),
+        max_concurrent_requests: l
+            .max_concurrent_requests
+            .unwrap_or(hd.max_concurrent_requests),
+        heartbeat_backup_status: file
+            .http
+            .heartbeat_backup_status
+            .unwrap_or(hd.heartbeat_backup_status),
+        cookie: file.http.cookie.clone().unwrap_or(hd.cookie),
+        request_timeout: secs(file.http.request_timeout_secs).unwrap_or(hd.request_timeout),
+    };
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let rt = ors_runtime::Runtime::start(rcfg, store)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let app = ors_http::router(rt.clone(), hcfg, Some(metrics));
+    tracing::info!(%local, store = %store_kind, documents = %documents_dir.display(), node = %rt.node_id(), "ors listening");
+    // Tests and scripts read this line to find the port.
+    println!("ors listening on http://{local}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("stopping: finishing in-flight macrosteps and flushing");
+    rt.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => b.json().try_init(),
+        "human" => b.try_init(),
+        other => anyhow::bail!("unknown log format \"{other}\" (use human or json)"),
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

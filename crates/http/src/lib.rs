@@ -1,0 +1,381 @@
+//! The ORS REST API over an [`ors_runtime::Runtime`].
+//!
+//! Cross-cutting concerns are tower layers (body size limit, overall timeout, load
+//! shedding, tracing); handlers only translate HTTP to runtime calls and back.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use ors_runtime::{ApiError, Runtime, StartRequest};
+use ors_scxml::Event;
+use serde_json::{Map, Value, json};
+use tower::ServiceBuilder;
+
+/// Settings of the HTTP layer.
+#[derive(Clone)]
+pub struct HttpConfig {
+    pub max_body_bytes: usize,
+    /// Requests still running after this get 503 (a `/request` waits at most its own
+    /// timeout, which should be shorter).
+    pub request_timeout: Duration,
+    /// Requests handled at once before new ones get 503.
+    pub max_concurrent_requests: usize,
+    /// HTTP status of `/heartbeat` on a backup (ORS `heartbeat-backup-status`).
+    pub heartbeat_backup_status: u16,
+    /// `Set-Cookie` value template; `{sessionid}` is replaced. Default
+    /// `ORSSESSIONID={sessionid}; Path=/`.
+    pub cookie: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(60),
+            max_concurrent_requests: 4096,
+            heartbeat_backup_status: 503,
+            cookie: "ORSSESSIONID={sessionid}; Path=/".into(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    rt: Runtime,
+    cfg: HttpConfig,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// The router with every endpoint and layer.
+pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -> Router {
+    let state = AppState {
+        rt,
+        cfg: cfg.clone(),
+        metrics,
+    };
+    let layers = ServiceBuilder::new()
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::error_handling::HandleErrorLayer::new(
+            |e: tower::BoxError| async move {
+                let (status, msg) = if e.is::<tower::timeout::error::Elapsed>() {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the request took too long".to_string(),
+                    )
+                } else if e.is::<tower::load_shed::error::Overloaded>() {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded: too many requests at once".to_string(),
+                    )
+                } else {
+                    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                };
+                (status, axum::Json(json!({ "error": msg })))
+            },
+        ))
+        .load_shed()
+        .concurrency_limit(cfg.max_concurrent_requests)
+        .timeout(cfg.request_timeout);
+    Router::new()
+        .route("/scxml/session/start", post(start))
+        .route("/scxml/session/{id}/event/{name}", post(event))
+        .route("/scxml/session/{id}/request/{name}", post(request))
+        .route("/scxml/session/{id}/query", get(query).post(query))
+        .route("/scxml/session/{id}/terminate", post(terminate))
+        .route("/scxml/session/{id}/basichttp", post(basichttp))
+        .route("/heartbeat", get(heartbeat))
+        .route("/metrics", get(prometheus))
+        .route("/ors/help", get(help))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into(), None) })
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .layer(layers)
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: String, extra: Option<Value>) -> Response {
+    let mut body = json!({ "error": message });
+    if let Some(x) = extra {
+        body["diagnostics"] = x;
+    }
+    (status, axum::Json(body)).into_response()
+}
+
+fn api_error(e: ApiError) -> Response {
+    metrics::counter!("ors_http_errors_total").increment(1);
+    match e {
+        ApiError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string(), None),
+        ApiError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m, None),
+        ApiError::InvalidDocument(d) => {
+            let list: Vec<Value> = d
+                .iter()
+                .map(|d| {
+                    json!({
+                        "source": d.source_name, "line": d.pos.line, "col": d.pos.col,
+                        "element": d.element, "message": d.message, "text": d.to_string(),
+                    })
+                })
+                .collect();
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid document".into(),
+                Some(Value::Array(list)),
+            )
+        }
+        ApiError::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, m, None),
+        ApiError::Overloaded(m) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("overloaded: {m}"),
+            None,
+        ),
+        ApiError::Timeout(m) => error(StatusCode::GATEWAY_TIMEOUT, m, None),
+        // Single node for now: the owner is not reachable from here.
+        ApiError::WrongNode { .. } => error(StatusCode::NOT_FOUND, e.to_string(), None),
+        ApiError::Store(m) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {m}"),
+            None,
+        ),
+        ApiError::ShuttingDown => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down".into(),
+            None,
+        ),
+        ApiError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m, None),
+    }
+}
+
+/// Parameters from the query string and the body (form-encoded or a JSON object).
+fn params(headers: &HeaderMap, uri: &Uri, body: &Bytes) -> Result<Vec<(String, Value)>, ApiError> {
+    let mut out: Vec<(String, Value)> = Vec::new();
+    if let Some(q) = uri.query() {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q)
+            .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+        out.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))));
+    }
+    if body.is_empty() {
+        return Ok(out);
+    }
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ctype.starts_with("application/json") {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m)) => out.extend(m),
+            Ok(_) => return Err(ApiError::BadRequest("a JSON body must be an object".into())),
+            Err(e) => return Err(ApiError::BadRequest(format!("invalid JSON body: {e}"))),
+        }
+    } else if ctype.is_empty() || ctype.starts_with("application/x-www-form-urlencoded") {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|e| ApiError::BadRequest(format!("form body: {e}")))?;
+        out.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))));
+    } else {
+        return Err(ApiError::BadRequest(format!(
+            "unsupported content type \"{ctype}\" (use application/x-www-form-urlencoded or application/json)"
+        )));
+    }
+    Ok(out)
+}
+
+fn event_data(p: Vec<(String, Value)>) -> Option<Value> {
+    if p.is_empty() {
+        return None;
+    }
+    Some(Value::Object(p.into_iter().collect::<Map<_, _>>()))
+}
+
+fn observe(endpoint: &'static str, t: Instant) {
+    metrics::counter!("ors_http_requests_total", "endpoint" => endpoint).increment(1);
+    metrics::histogram!("ors_http_request_seconds", "endpoint" => endpoint)
+        .record(t.elapsed().as_secs_f64());
+}
+
+async fn start(State(s): State<AppState>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
+    let t = Instant::now();
+    let r = async {
+        let mut p = params(&headers, &uri, &body)?;
+        let take = |p: &mut Vec<(String, Value)>, k: &str| {
+            p.iter().position(|(n, _)| n == k).map(|i| p.remove(i).1)
+        };
+        let src = match take(&mut p, "src") {
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(ApiError::BadRequest("src must be a string".into())),
+            None => return Err(ApiError::BadRequest("src is required".into())),
+        };
+        let idealtime = match take(&mut p, "idealtime") {
+            None => None,
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(x)) => Some(x.trim().parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!("idealtime \"{x}\" is not epoch milliseconds"))
+            })?),
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "idealtime must be epoch milliseconds".into(),
+                ));
+            }
+        };
+        s.rt.start_session(StartRequest {
+            src,
+            params: p,
+            idealtime,
+        })
+        .await
+    }
+    .await;
+    observe("start", t);
+    match r {
+        Ok(sid) => {
+            let mut resp = axum::Json(json!({ "sessionid": sid })).into_response();
+            let cookie = s.cfg.cookie.replace("{sessionid}", &sid);
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(e) => api_error(e),
+    }
+}
+
+async fn event(
+    State(s): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let t = Instant::now();
+    let r = async {
+        let p = params(&headers, &uri, &body)?;
+        s.rt.send_event(&id, Event::external(name.clone(), event_data(p)))
+            .await
+    }
+    .await;
+    observe("event", t);
+    match r {
+        Ok(()) => axum::Json(json!({ "sessionid": id, "event": name, "status": "processed" }))
+            .into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+async fn request(
+    State(s): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let t = Instant::now();
+    let r = async {
+        let p = params(&headers, &uri, &body)?;
+        s.rt.request(&id, Event::external(name, event_data(p)), None)
+            .await
+    }
+    .await;
+    observe("request", t);
+    match r {
+        Ok(resp) => axum::Json(json!({
+            "type": if resp.positive { "positive" } else { "negative" },
+            "resultcode": resp.resultcode,
+            "params": resp.params,
+        }))
+        .into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+async fn query(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let t = Instant::now();
+    let r = s.rt.query(&id).await;
+    observe("query", t);
+    match r {
+        Ok(q) => axum::Json(q).into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+async fn terminate(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let t = Instant::now();
+    let r = s.rt.terminate(&id).await;
+    observe("terminate", t);
+    match r {
+        Ok(()) => axum::Json(json!({ "sessionid": id, "terminated": true })).into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+/// The BasicHTTP Event I/O Processor's receiving end: `_scxmleventname` names the event
+/// (`HTTP.POST` without it), the other parameters are `_event.data`, and `_event.raw` is
+/// the request as received.
+async fn basichttp(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let t = Instant::now();
+    let r = async {
+        let mut raw = format!("{method} {uri} HTTP/1.1\r\n");
+        for (k, v) in &headers {
+            raw.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or("")));
+        }
+        raw.push_str("\r\n");
+        raw.push_str(&String::from_utf8_lossy(&body));
+        let mut p = params(&headers, &uri, &body).unwrap_or_default();
+        let name = match p.iter().position(|(k, _)| k == "_scxmleventname") {
+            Some(i) => match p.remove(i).1 {
+                Value::String(n) => n,
+                other => other.to_string(),
+            },
+            None => format!("HTTP.{method}"),
+        };
+        let mut ev = Event::external(name, event_data(p));
+        ev.origintype = Some(ors_scxml::event::BASIC_HTTP_PROCESSOR.to_string());
+        ev.raw = Some(raw);
+        s.rt.send_event(&id, ev).await
+    }
+    .await;
+    observe("basichttp", t);
+    match r {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+async fn heartbeat(State(_s): State<AppState>) -> Response {
+    // A single node is always primary; the backup status comes with HA.
+    (StatusCode::OK, axum::Json(json!({ "role": "primary" }))).into_response()
+}
+
+async fn prometheus(State(s): State<AppState>) -> Response {
+    metrics::gauge!("ors_live_sessions").set(s.rt.live_sessions() as f64);
+    match &s.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled".into(),
+            None,
+        ),
+    }
+}
+
+async fn help() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
