@@ -191,6 +191,9 @@ impl Runtime {
                 cfg.node_id
             )));
         }
+        // reqwest needs a process-wide TLS crypto provider; install ring's unless the
+        // embedding program chose one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let lease = acquire_node_lease(&store, &cfg).await?;
         let n = if cfg.workers == 0 {
             std::thread::available_parallelism()

@@ -1116,7 +1116,10 @@ impl<'x, 'o> Builder<'x, 'o> {
         {
             self.err(c, format!("type must be positive or negative, not \"{t}\""));
         }
-        let resultcode = self.text_attr(d, c, "resultcode", "resultcodeexpr");
+        // As in ORS, resultcode is an expression (like requestid).
+        let resultcode = c
+            .attribute("resultcode")
+            .map(|e| Text::Expr(self.expr(d, c, ExprKind::Value, e)));
         let mut params = Vec::new();
         for k in c.children().filter(Node::is_element) {
             if k.tag_name().name() == "param"

@@ -1,0 +1,164 @@
+//! Runs the real `ors` binary on a free loopback port and talks HTTP to it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    pub docs: PathBuf,
+    extra: Vec<String>,
+    config: PathBuf,
+}
+
+pub fn docs_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+impl Server {
+    /// Starts `ors serve` with `config` (TOML) written next to the data directory.
+    pub fn start(data: &Path, docs: &Path, config: &str, extra: &[&str]) -> Server {
+        let cfg = data.join("ors-test.toml");
+        std::fs::create_dir_all(data).unwrap();
+        std::fs::write(&cfg, config).unwrap();
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            data: data.to_path_buf(),
+            docs: docs.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            config: cfg,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ors"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--documents-dir")
+            .arg(&self.docs)
+            .arg("--config")
+            .arg(&self.config)
+            .args(&self.extra)
+            .env("ORS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(u) = line.strip_prefix("ors listening on ") {
+                    let _ = tx.send(u.to_string());
+                }
+            }
+        });
+        self.url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server prints its address");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let mut c = self.child.take().unwrap();
+        c.wait().unwrap()
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub async fn post(c: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let r = c.post(url).form(form).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+pub async fn get(c: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = c.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+pub async fn start(c: &reqwest::Client, s: &Server, src: &str, extra: &[(&str, &str)]) -> String {
+    let mut form = vec![("src", src)];
+    form.extend_from_slice(extra);
+    let (status, body) = post(c, &format!("{}/scxml/session/start", s.url), &form).await;
+    assert_eq!(status, 200, "{body}");
+    body["sessionid"].as_str().unwrap().to_string()
+}
+
+pub async fn query(c: &reqwest::Client, s: &Server, sid: &str) -> (u16, Value) {
+    get(c, &format!("{}/scxml/session/{sid}/query", s.url)).await
+}
+
+/// Polls until `ok` holds for the session's query, or panics after `secs`.
+pub async fn wait_for(
+    c: &reqwest::Client,
+    s: &Server,
+    sid: &str,
+    secs: u64,
+    ok: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (st, v) = query(c, s, sid).await;
+        if ok(st, &v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached; last query: {st} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

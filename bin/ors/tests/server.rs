@@ -1,0 +1,379 @@
+//! End-to-end: the real `ors serve` on a free loopback port, over HTTP.
+
+mod e2e;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use serde_json::{Value, json};
+
+const COUNTER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" xmlns:ors="urn:x-ors:scxml"
+    version="1.0" datamodel="ecmascript" _sendSessionRecovered="true">
+  <datamodel>
+    <data id="n" expr="0"/><data id="greeting" expr="'none'"/><data id="recovered" expr="0"/>
+    <data id="last" expr="null"/><data id="fired" expr="0"/>
+  </datamodel>
+  <state id="idle">
+    <transition event="inc"><assign location="n" expr="n + 1"/><assign location="last" expr="_event.data"/></transition>
+    <transition event="session.recovered"><assign location="recovered" expr="recovered + 1"/></transition>
+    <transition event="arm"><send event="ring" delay="1500ms"/></transition>
+    <transition event="ring"><assign location="fired" expr="fired + 1"/></transition>
+    <transition event="ask">
+      <ors:response requestid="_event.sendid" type="positive" resultcode="'ok'">
+        <ors:param name="n" expr="n"/><ors:param name="echo" expr="_event.data.q"/>
+      </ors:response>
+    </transition>
+    <transition event="ask-no"/>
+    <transition event="finish" target="done"/>
+  </state>
+  <final id="done"/>
+</scxml>"#;
+
+fn setup(config: &str, extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
+    std::fs::write(
+        docs.join("broken.scxml"),
+        "<scxml xmlns='http://www.w3.org/2005/07/scxml' version='1.0'>\n<state id='a'>\n  <transition target='nowhere'/>\n</state></scxml>",
+    )
+    .unwrap();
+    let s = Server::start(&tmp.path().join("data"), &docs, config, extra);
+    (tmp, s)
+}
+
+const FAST: &str =
+    "[sessions]\nlease_ttl_ms = 1000\nrequest_timeout_secs = 1\n[limits]\nmax_body_bytes = 4096\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_api_end_to_end() {
+    let (_tmp, s) = setup(FAST, &[]);
+    let c = client();
+    // Start: form body; parameters fill <data> of the same id; the cookie names the session.
+    let r = c
+        .post(format!("{}/scxml/session/start", s.url))
+        .form(&[("src", "counter.scxml"), ("greeting", "hello")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let sid = r.json::<Value>().await.unwrap()["sessionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(sid.starts_with("node1-"), "{sid}");
+    assert_eq!(cookie, format!("ORSSESSIONID={sid}; Path=/"));
+    // Start with a JSON body too.
+    let r = c
+        .post(format!("{}/scxml/session/start", s.url))
+        .json(&json!({ "src": "counter.scxml", "n": 41 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sid2 = r.json::<Value>().await.unwrap()["sessionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, q) = query(&c, &s, &sid2).await;
+    assert_eq!(q["datamodel"]["n"], 41, "JSON keeps types: {q}");
+
+    // Events: parameters are _event.data.
+    let (st, _) = post(
+        &c,
+        &format!("{}/scxml/session/{sid}/event/inc", s.url),
+        &[("who", "me")],
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, q) = query(&c, &s, &sid).await;
+    assert_eq!(st, 200);
+    assert_eq!(q["configuration"], json!(["idle"]));
+    assert_eq!(q["datamodel"]["n"], 1);
+    assert_eq!(q["datamodel"]["greeting"], "hello");
+    assert_eq!(q["datamodel"]["last"], json!({ "who": "me" }));
+    assert_eq!(q["done"], false);
+    // POST /query works too.
+    let (st, _) = post(&c, &format!("{}/scxml/session/{sid}/query", s.url), &[]).await;
+    assert_eq!(st, 200);
+
+    // Terminate; afterwards the session reads as done and takes no events.
+    let (st, _) = post(&c, &format!("{}/scxml/session/{sid}/terminate", s.url), &[]).await;
+    assert_eq!(st, 200);
+    let (_, q) = query(&c, &s, &sid).await;
+    assert_eq!(q["done"], true);
+    let (st, _) = post(&c, &format!("{}/scxml/session/{sid}/event/inc", s.url), &[]).await;
+    assert_eq!(st, 404);
+
+    // Errors are JSON with a message.
+    let (st, body) = post(
+        &c,
+        &format!("{}/scxml/session/node1-ffff/event/inc", s.url),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 404);
+    assert!(
+        body["error"].as_str().unwrap().contains("not found"),
+        "{body}"
+    );
+    let (st, body) = post(&c, &format!("{}/scxml/session/start", s.url), &[]).await;
+    assert_eq!(
+        (st, body["error"].as_str().unwrap()),
+        (400, "src is required")
+    );
+    let (st, body) = post(
+        &c,
+        &format!("{}/scxml/session/start", s.url),
+        &[("src", "broken.scxml")],
+    )
+    .await;
+    assert_eq!(st, 400);
+    let d = &body["diagnostics"][0];
+    assert_eq!(
+        (d["line"].as_u64(), d["col"].as_u64()),
+        (Some(3), Some(3)),
+        "{body}"
+    );
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown transition target \"nowhere\"")
+    );
+    let (st, body) = post(
+        &c,
+        &format!("{}/scxml/session/start", s.url),
+        &[("src", "../outside.scxml")],
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    let (st, _) = post(
+        &c,
+        &format!("{}/scxml/session/start", s.url),
+        &[("src", "counter.scxml"), ("idealtime", "soon")],
+    )
+    .await;
+    assert_eq!(st, 400);
+    let big = "x".repeat(10_000);
+    let (st, _) = post(
+        &c,
+        &format!("{}/scxml/session/{sid2}/event/inc", s.url),
+        &[("big", &big)],
+    )
+    .await;
+    assert_eq!(st, 413);
+    let (st, _) = post(
+        &c,
+        &format!("{}/scxml/session/{sid2}/event/bad..name", s.url),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 400);
+
+    // Heartbeat, metrics, help.
+    let (st, hb) = get(&c, &format!("{}/heartbeat", s.url)).await;
+    assert_eq!((st, hb["role"].as_str()), (200, Some("primary")));
+    let (st, m) = get(&c, &format!("{}/metrics", s.url)).await;
+    assert_eq!(st, 200);
+    assert!(
+        m.as_str().unwrap().contains("ors_http_requests_total"),
+        "{m}"
+    );
+    let (st, h) = get(&c, &format!("{}/ors/help", s.url)).await;
+    assert_eq!(st, 200);
+    assert!(h["paths"]["/scxml/session/start"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_is_answered_by_response_or_times_out() {
+    let (_tmp, s) = setup(FAST, &[]);
+    let c = client();
+    let sid = start(&c, &s, "counter.scxml", &[]).await;
+    post(&c, &format!("{}/scxml/session/{sid}/event/inc", s.url), &[]).await;
+    let (st, r) = post(
+        &c,
+        &format!("{}/scxml/session/{sid}/request/ask", s.url),
+        &[("q", "ping")],
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        r,
+        json!({ "type": "positive", "resultcode": "ok", "params": { "n": 1, "echo": "ping" } })
+    );
+    let t = Instant::now();
+    let (st, _) = post(
+        &c,
+        &format!("{}/scxml/session/{sid}/request/ask-no", s.url),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 504);
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_start_and_delayed_send() {
+    let (_tmp, s) = setup(FAST, &[]);
+    let c = client();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // Beyond the 5-second allowance: scheduled.
+    let at = (now + 6_500).to_string();
+    let sid = start(&c, &s, "counter.scxml", &[("idealtime", &at)]).await;
+    let (st, _) = query(&c, &s, &sid).await;
+    assert_eq!(st, 404, "not started before its time");
+    let t = Instant::now();
+    wait_for(&c, &s, &sid, 20, |st, _| st == 200).await;
+    assert!(
+        t.elapsed() >= Duration::from_secs(5),
+        "started too early: {:?}",
+        t.elapsed()
+    );
+    // Within the allowance: at once.
+    let soon = (now + 1_000).to_string();
+    let sid2 = start(&c, &s, "counter.scxml", &[("idealtime", &soon)]).await;
+    assert_eq!(query(&c, &s, &sid2).await.0, 200);
+    // A delayed send fires once, on time.
+    post(
+        &c,
+        &format!("{}/scxml/session/{sid2}/event/arm", s.url),
+        &[],
+    )
+    .await;
+    let t = Instant::now();
+    wait_for(&c, &s, &sid2, 10, |_, q| q["datamodel"]["fired"] == 1).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(1_400),
+        "fired early: {:?}",
+        t.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(query(&c, &s, &sid2).await.1["datamodel"]["fired"], 1);
+}
+
+/// Many clients send events; the server is killed with SIGKILL mid-stream and restarted.
+/// Every event answered 200 must have taken effect; an event not answered may or may not
+/// have. Timers armed before the crash fire exactly once after it, and every session is
+/// told `session.recovered` once.
+async fn kill9_under_load(config: &str, extra: &[&str]) {
+    let (_tmp, mut s) = setup(config, extra);
+    let c = client();
+    let mut sids = Vec::new();
+    for _ in 0..20 {
+        sids.push(start(&c, &s, "counter.scxml", &[]).await);
+    }
+    // Arm a timer in half of them: it is due after the restart.
+    for sid in sids.iter().step_by(2) {
+        post(&c, &format!("{}/scxml/session/{sid}/event/arm", s.url), &[]).await;
+    }
+    let acked: Arc<std::sync::Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for k in 0..32 {
+        let (c, url, sids, acked, stop) = (
+            c.clone(),
+            s.url.clone(),
+            sids.clone(),
+            acked.clone(),
+            stop.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut i = k;
+            while !stop.load(Ordering::SeqCst) {
+                let sid = &sids[i % sids.len()];
+                i += 1;
+                match c
+                    .post(format!("{url}/scxml/session/{sid}/event/inc"))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => {
+                        *acked.lock().unwrap().entry(sid.clone()).or_default() += 1
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+    // Let load build up, then pull the plug.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().values().sum::<u64>() < 500 {
+        assert!(Instant::now() < deadline, "no load");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.kill9();
+    stop.store(true, Ordering::SeqCst);
+    for t in clients {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let total: u64 = acked.values().sum();
+    s.restart();
+    for (i, sid) in sids.iter().enumerate() {
+        let q = wait_for(&c, &s, sid, 20, |st, q| {
+            st == 200 && q["datamodel"]["recovered"] == 1
+        })
+        .await;
+        let n = q["datamodel"]["n"].as_u64().unwrap();
+        let a = acked.get(sid).copied().unwrap_or(0);
+        // At most one unanswered event per client can have been in flight.
+        assert!(
+            n >= a && n <= a + 32,
+            "session {sid}: {n} events applied, {a} acknowledged"
+        );
+        if i % 2 == 0 {
+            wait_for(&c, &s, sid, 10, |_, q| q["datamodel"]["fired"] == 1).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    for (i, sid) in sids.iter().enumerate() {
+        let q = query(&c, &s, sid).await.1;
+        assert_eq!(
+            q["datamodel"]["fired"],
+            if i % 2 == 0 { 1 } else { 0 },
+            "{sid}: {q}"
+        );
+        assert_eq!(q["datamodel"]["recovered"], 1);
+    }
+    eprintln!(
+        "kill -9 under load: {total} acknowledged events over {} sessions, none lost",
+        sids.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_under_load_embedded_store() {
+    kill9_under_load(FAST, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_under_load_redis_store() {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let url = redis.url();
+    kill9_under_load(FAST, &["--store", "redis", "--redis-url", &url]).await;
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_keeps_state() {
+    let (_tmp, mut s) = setup(FAST, &[]);
+    let c = client();
+    let sid = start(&c, &s, "counter.scxml", &[]).await;
+    for _ in 0..5 {
+        post(&c, &format!("{}/scxml/session/{sid}/event/inc", s.url), &[]).await;
+    }
+    let status = s.sigterm();
+    assert!(status.success(), "{status:?}");
+    s.restart();
+    let q = wait_for(&c, &s, &sid, 10, |st, _| st == 200).await;
+    assert_eq!(q["datamodel"]["n"], 5);
+}
