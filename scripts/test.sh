@@ -37,5 +37,10 @@ if [ -z "${ORS_TEST_CASSANDRA_NODES:-}" ]; then
 fi
 cargo test --workspace --quiet
 
-echo "== W3C SCXML IRP tests (ECMAScript datamodel)"
-cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR"
+echo "== W3C SCXML IRP tests (ECMAScript datamodel), in-process, virtual time"
+echo "   (the BasicHTTP tests run through the server; the next run covers everything there)"
+cargo build --quiet -p ors -p ors-conformance
+cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR" --server target/debug/ors
+
+echo "== W3C SCXML IRP tests (ECMAScript datamodel), every test through a real ors serve"
+cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR" --server target/debug/ors --all

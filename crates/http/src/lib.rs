@@ -330,17 +330,8 @@ async fn basichttp(
         }
         raw.push_str("\r\n");
         raw.push_str(&String::from_utf8_lossy(&body));
-        let mut p = params(&headers, &uri, &body).unwrap_or_default();
-        let name = match p.iter().position(|(k, _)| k == "_scxmleventname") {
-            Some(i) => match p.remove(i).1 {
-                Value::String(n) => n,
-                other => other.to_string(),
-            },
-            None => format!("HTTP.{method}"),
-        };
-        let mut ev = Event::external(name, event_data(p));
-        ev.origintype = Some(ors_scxml::event::BASIC_HTTP_PROCESSOR.to_string());
-        ev.raw = Some(raw);
+        let ev =
+            ors_runtime::basichttp_event(method.as_str(), &String::from_utf8_lossy(&body), raw);
         s.rt.send_event(&id, ev).await
     }
     .await;

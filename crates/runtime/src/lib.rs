@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+pub use basichttp::receive as basichttp_event;
 pub use config::RuntimeConfig;
 pub use error::ApiError;
 

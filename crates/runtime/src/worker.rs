@@ -185,6 +185,14 @@ impl Worker {
     }
 
     fn install_target_check(&self, s: &mut Session) {
+        let own = format!(
+            "{}/scxml/session/{}/basichttp",
+            self.shared.cfg.external_url.trim_end_matches('/'),
+            s.id()
+        );
+        s.set_loopback(Box::new(move |target, event| {
+            (target == own).then(|| crate::basichttp::loopback(target, event))
+        }));
         // Session ids carry their node: a target on another node (or malformed) can be
         // refused at once; whether a local id exists is known only on delivery.
         let node = self.shared.cfg.node_id.clone();
@@ -285,6 +293,8 @@ impl Worker {
                     });
                 }
                 out.dirty.push(sid.clone());
+                // Events the session sent itself while starting run in this batch too.
+                self.ready.push_back(sid.clone());
                 self.effects(&sid, fx, out).await;
                 if let Some(r) = reply {
                     out.acks.push((sid, r));
@@ -464,7 +474,14 @@ impl Worker {
                     event,
                 } => {
                     if type_ == BASIC_HTTP_PROCESSOR {
-                        out.http.push((sid.to_string(), target, event));
+                        match crate::basichttp::local_target(&self.shared, &target) {
+                            // A session of this server: deliver now, in send order.
+                            Some(to) => {
+                                let ev = crate::basichttp::loopback(&target, &event);
+                                Box::pin(self.deliver(sid, &to, ev, out)).await;
+                            }
+                            None => out.http.push((sid.to_string(), target, event)),
+                        }
                         continue;
                     }
                     let (to, event) = match self.resolve_target(sid, &target, event) {

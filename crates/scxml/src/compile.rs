@@ -1006,15 +1006,8 @@ impl<'x, 'o> Builder<'x, 'o> {
             .map(|e| self.expr(d, c, ExprKind::Location, e));
         let namelist = self.namelist(d, c);
         let (params, body) = self.params_and_body(d, c);
-        if event.is_none() && matches!(body, Body::None) {
-            // Allowed by the schema only when content is present.
-            self.err(c, "<send> needs event=, eventexpr= or <content>");
-        }
         if !matches!(body, Body::None) && (!params.is_empty() || !namelist.is_empty()) {
             self.err(c, "<content> may not be combined with <param> or namelist=");
-        }
-        if !matches!(body, Body::None) && event.is_some() {
-            // The spec forbids event= with content only for some processors; allow it.
         }
         Some(Send {
             event,

@@ -12,5 +12,5 @@ pub use compile::{CompileError, CompileOptions, Diagnostic, Limits, Loader, comp
 pub use datamodel::{Datamodel, DmError, NullDatamodel, SystemVars};
 pub use event::{Effect, Event, EventType, InvokeRequest, InvokeSource};
 pub use model::{Content, Document};
-pub use session::{Session, SessionLimits, TargetCheck};
+pub use session::{Loopback, Session, SessionLimits, TargetCheck};
 pub use snapshot::Snapshot;

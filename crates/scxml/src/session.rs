@@ -78,6 +78,7 @@ pub struct Session {
     /// The active atomic states at the moment the session ended.
     pub(crate) final_configuration: Vec<String>,
     pub(crate) target_check: Option<TargetCheck>,
+    pub(crate) loopback: Option<Loopback>,
 }
 
 /// Tells a session at `<send>` time whether the host can deliver to a target (`#_parent`,
@@ -85,6 +86,11 @@ pub struct Session {
 /// asks. A host that cannot know synchronously answers `true` and reports failures later
 /// with [`Event::error_communication`].
 pub type TargetCheck = Box<dyn Fn(&str) -> bool>;
+
+/// Turns a BasicHTTP send addressed to this very session into the event its receiving
+/// end would produce (`None`: not addressed to this session). The session queues it at
+/// once, so it keeps its order against the session's other sends to itself.
+pub type Loopback = Box<dyn Fn(&str, &Event) -> Option<Event>>;
 
 enum Target {
     SelfExternal,
@@ -117,7 +123,13 @@ impl Session {
             effects: Vec::new(),
             final_configuration: Vec::new(),
             target_check: None,
+            loopback: None,
         }
+    }
+
+    /// Installs the host's BasicHTTP loopback (see [`Loopback`]).
+    pub fn set_loopback(&mut self, loopback: Loopback) {
+        self.loopback = Some(loopback);
     }
 
     /// Installs the host's synchronous reachability check (see [`TargetCheck`]).
@@ -1016,10 +1028,12 @@ impl Session {
                 ));
             }
             (_, None) => {
-                return Err((
+                // Nowhere to deliver it: a communication error, not an execution error.
+                self.internal.push_back(Event::error_communication(
                     sendid,
-                    "the BasicHTTP event processor needs a target URL".into(),
+                    "the BasicHTTP event processor needs a target URL",
                 ));
+                return Ok(());
             }
             (_, Some(t)) => Target::Host {
                 target: t.to_string(),
@@ -1073,6 +1087,14 @@ impl Session {
                 },
             );
             self.effects.push(Effect::SetTimer { timer, due_ms });
+            return Ok(());
+        }
+        if delay_ms == 0
+            && let Target::Host { target, type_ } = &dest
+            && type_ == BASIC_HTTP_PROCESSOR
+            && let Some(ev) = self.loopback.as_ref().and_then(|lb| lb(target, &event))
+        {
+            self.external.push_back(ev);
             return Ok(());
         }
         if let Target::Host { target, .. } = &dest
