@@ -40,6 +40,8 @@ pub struct StoreConfig {
     pub redis_key_prefix: Option<String>,
     pub redis_pool_size: Option<usize>,
     pub redis_timeout_ms: Option<u64>,
+    /// Page cache of the embedded store, MiB (default 64).
+    pub embedded_cache_mb: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,8 +162,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "embedded" => {
             let path = data_dir.join("ors.redb");
             Arc::new(
-                ors_store_embedded::EmbeddedStore::open(&path)
-                    .with_context(|| format!("opening the embedded store {}", path.display()))?,
+                ors_store_embedded::EmbeddedStore::open_with_cache(
+                    &path,
+                    file.store.embedded_cache_mb.unwrap_or(64) << 20,
+                )
+                .with_context(|| format!("opening the embedded store {}", path.display()))?,
             )
         }
         "redis" => {

@@ -87,7 +87,8 @@ impl Datamodel for EcmaDatamodel {
         let vars = std::mem::take(&mut self.vars);
         with_rt(|rt| {
             if self.system.is_none() {
-                self.system = Some(rt.system_values(&self.system_vars));
+                // `_ioprocessors` is an object graph: built only for documents that use it.
+                self.system = Some(rt.system_values(&self.system_vars, self.doc.uses_ioprocessors));
             }
             let g = rt.ctx.global_object();
             for (k, v) in self.system.as_ref().expect("set above") {

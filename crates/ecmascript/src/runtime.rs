@@ -367,8 +367,16 @@ impl Runtime {
         Ok(out)
     }
 
-    pub fn system_values(&mut self, s: &SystemVars) -> Vec<(JsString, JsValue)> {
-        let io = JsValue::from_json(&s.ioprocessors, &mut self.ctx).unwrap_or_default();
+    pub fn system_values(
+        &mut self,
+        s: &SystemVars,
+        ioprocessors: bool,
+    ) -> Vec<(JsString, JsValue)> {
+        let io = if ioprocessors {
+            JsValue::from_json(&s.ioprocessors, &mut self.ctx).unwrap_or_default()
+        } else {
+            JsValue::undefined()
+        };
         vec![
             (
                 js_string!("_sessionid"),

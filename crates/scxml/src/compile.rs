@@ -212,6 +212,7 @@ struct DocBuilder {
     anon: u32,
     uses_in: bool,
     uses_event: bool,
+    uses_ioprocessors: bool,
     late: bool,
 }
 
@@ -296,6 +297,7 @@ impl<'x, 'o> Builder<'x, 'o> {
             anon: 0,
             uses_in: false,
             uses_event: false,
+            uses_ioprocessors: false,
             late: binding == Binding::Late,
         };
         let mut global_script = Vec::new();
@@ -316,6 +318,7 @@ impl<'x, 'o> Builder<'x, 'o> {
             ids: d.ids,
             uses_in: d.uses_in,
             uses_event: d.uses_event,
+            uses_ioprocessors: d.uses_ioprocessors,
         }))
     }
 
@@ -792,6 +795,9 @@ impl<'x, 'o> Builder<'x, 'o> {
         }
         if src.contains("_event") {
             d.uses_event = true;
+        }
+        if src.contains("_ioprocessors") {
+            d.uses_ioprocessors = true;
         }
         d.exprs.push(Expr {
             kind,

@@ -317,6 +317,8 @@ pub struct Document {
     /// configuration), and `_event`.
     pub uses_in: bool,
     pub uses_event: bool,
+    /// Whether any expression or script mentions `_ioprocessors`.
+    pub uses_ioprocessors: bool,
 }
 
 impl Document {

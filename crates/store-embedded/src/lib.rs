@@ -30,15 +30,23 @@ fn other(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store file, creating its tables.
+    /// Opens (or creates) the store file, creating its tables, with a 64 MiB page cache.
     pub fn open(path: impl AsRef<Path>) -> Result<EmbeddedStore> {
+        Self::open_with_cache(path, 64 << 20)
+    }
+
+    /// Like [`EmbeddedStore::open`] with a page cache of `cache_bytes` (redb's own default
+    /// is 1 GiB, which a server holding many idle sessions cannot spare).
+    pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<EmbeddedStore> {
         let path = path.as_ref();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::create(path)
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(other)?;
         {

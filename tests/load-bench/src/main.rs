@@ -1,0 +1,205 @@
+//! `ors-load-bench --ors target/release/ors [--idle 100000]`
+//!
+//! Starts the given `ors` binary (embedded store, then Redis if `redis-server` is
+//! installed) on loopback and reports, with 64 concurrent HTTP clients:
+//! sessions started/s, acknowledged (durable) events/s over 1,000 sessions with p50/p99
+//! latency; then the server's resident memory with `--idle` idle sessions. The clients
+//! run on the same 2-core machine as the server, so they take CPU from it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const DOC: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <datamodel><data id="n" expr="0"/></datamodel>
+  <state id="s">
+    <transition event="inc" cond="n &gt;= 0"><assign location="n" expr="n + 1"/></transition>
+  </state>
+</scxml>"#;
+
+const CLIENTS: usize = 64;
+const SESSIONS: usize = 1_000;
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(bin: &str, data: &Path, docs: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--documents-dir")
+        .arg(docs)
+        .args(extra)
+        .env("ORS_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the ors binary runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("ors listening on ")
+        .expect("address line")
+        .to_string();
+    Server { child, url }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+async fn start_sessions(c: &reqwest::Client, url: &str, n: usize) -> (Vec<String>, f64) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (c, url, next) = (c.clone(), url.to_string(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let r = c
+                    .post(format!("{url}/scxml/session/start"))
+                    .form(&[("src", "bench.scxml")])
+                    .send()
+                    .await
+                    .expect("start");
+                assert_eq!(r.status(), 200);
+                let v: serde_json::Value = r.json().await.unwrap();
+                ids.push(v["sessionid"].as_str().unwrap().to_string());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    let rate = ids.len() as f64 / t.elapsed().as_secs_f64();
+    (ids, rate)
+}
+
+async fn events(
+    c: &reqwest::Client,
+    url: &str,
+    ids: &[String],
+    secs: u64,
+) -> (f64, Duration, Duration) {
+    let ids = Arc::new(ids.to_vec());
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..CLIENTS {
+        let (c, url, ids) = (c.clone(), url.to_string(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = k;
+            while Instant::now() < deadline {
+                let sid = &ids[i % ids.len()];
+                i += CLIENTS;
+                let s = Instant::now();
+                let r = c
+                    .post(format!("{url}/scxml/session/{sid}/event/inc"))
+                    .send()
+                    .await
+                    .expect("event");
+                assert_eq!(r.status(), 200, "{:?}", r.text().await);
+                lat.push(s.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rate = all.len() as f64 / t.elapsed().as_secs_f64();
+    all.sort();
+    let p = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    (rate, p(0.5), p(0.99))
+}
+
+async fn run(name: &str, bin: &str, extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bench.scxml"), DOC).unwrap();
+    let s = start_server(bin, &dir.path().join("data"), dir.path(), extra);
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .unwrap();
+    let (ids, started) = start_sessions(&c, &s.url, SESSIONS).await;
+    let (rate, p50, p99) = events(&c, &s.url, &ids, 10).await;
+    println!(
+        "{name:<9} sessions started/s {started:>8.0} | durable events/s {rate:>8.0}  p50 {:>6.2} ms  p99 {:>6.2} ms  ({CLIENTS} clients, {SESSIONS} sessions)",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let bin = arg("--ors").unwrap_or_else(|| "target/release/ors".into());
+    let idle: usize = arg("--idle")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+
+    run("embedded", &bin, &[]).await;
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let redis = ors_testsupport::RedisServer::start(false);
+        let url = redis.url();
+        run("redis", &bin, &["--store", "redis", "--redis-url", &url]).await;
+    } else {
+        println!("redis     not installed; skipped");
+    }
+
+    // Memory: idle sessions stay in memory (idle timeout 600 s by default).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bench.scxml"), DOC).unwrap();
+    let s = start_server(&bin, &dir.path().join("data"), dir.path(), &[]);
+    let before = rss_mib(s.child.id());
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .unwrap();
+    let (ids, started) = start_sessions(&c, &s.url, idle).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_mib(s.child.id());
+    println!(
+        "memory    {} idle sessions: server RSS {before:.0} MiB -> {after:.0} MiB ({:.2} KiB per session); started {started:.0}/s",
+        ids.len(),
+        (after - before) * 1024.0 / ids.len() as f64
+    );
+}
