@@ -1,4 +1,4 @@
-//! The ORS REST API over an [`ors_runtime::Runtime`].
+#![doc = include_str!("../README.md")]
 //!
 //! Cross-cutting concerns are tower layers (body size limit, overall timeout, load
 //! shedding, tracing); handlers only translate HTTP to runtime calls and back.

@@ -1,4 +1,4 @@
-//! The ors session runtime.
+#![doc = include_str!("../README.md")]
 //!
 //! Sessions are single-owner actors on a fixed set of worker threads (the JS engine is not
 //! `Send`); a session lives on worker `hash(id) % workers`. Every external event runs to
