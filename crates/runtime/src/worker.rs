@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ors_scxml::event::{BASIC_HTTP_PROCESSOR, SCXML_PROCESSOR};
+use ors_scxml::event::{BASIC_HTTP_PROCESSOR, SCXML_PROCESSOR, SendTarget};
 use ors_scxml::{
     Document, Effect, Event, EventType, InvokeSource, Session, SessionLimits, Snapshot, SystemVars,
 };
@@ -601,25 +601,21 @@ impl Worker {
     ) -> Result<(String, Event), (String, Option<String>)> {
         let slot = self.sessions.get(sid);
         let sendid = event.sendid.clone();
-        if target == "#_parent" {
-            return match slot.and_then(|s| s.parent.clone()) {
+        match SendTarget::parse(target) {
+            SendTarget::Parent => match slot.and_then(|s| s.parent.clone()) {
                 Some((p, invokeid)) => {
                     event.invokeid = Some(invokeid);
                     Ok((p, event))
                 }
                 None => Err(("the session has no parent".into(), sendid)),
-            };
-        }
-        if let Some(id) = target.strip_prefix("#_scxml_") {
-            return Ok((id.to_string(), event));
-        }
-        if let Some(inv) = target.strip_prefix("#_") {
-            return match slot.and_then(|s| s.children.get(inv)) {
+            },
+            SendTarget::Session(id) => Ok((id.to_string(), event)),
+            SendTarget::Invoked(inv) => match slot.and_then(|s| s.children.get(inv)) {
                 Some(c) => Ok((c.clone(), event)),
                 None => Err((format!("no invoked session \"{inv}\""), sendid)),
-            };
+            },
+            SendTarget::Other(t) => Err((format!("unknown target \"{t}\""), sendid)),
         }
-        Err((format!("unknown target \"{target}\""), sendid))
     }
 
     async fn invoke(

@@ -57,6 +57,20 @@ impl Event {
         }
     }
 
+    /// An internal event (`<raise>`, `done.state.*`).
+    pub fn internal(name: impl Into<String>, data: Option<Content>) -> Self {
+        Event {
+            name: name.into(),
+            kind: EventType::Internal,
+            sendid: None,
+            origin: None,
+            origintype: None,
+            invokeid: None,
+            data,
+            raw: None,
+        }
+    }
+
     pub(crate) fn platform(name: &str, sendid: Option<String>, message: Option<String>) -> Self {
         Event {
             name: name.to_string(),
@@ -73,6 +87,32 @@ impl Event {
     /// `error.communication` for a send the host could not deliver.
     pub fn error_communication(sendid: Option<String>, message: &str) -> Self {
         Self::platform("error.communication", sendid, Some(message.to_string()))
+    }
+}
+
+/// Where an SCXML Event I/O Processor target points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendTarget<'a> {
+    /// `#_parent`
+    Parent,
+    /// `#_scxml_<sessionid>`
+    Session(&'a str),
+    /// `#_<invokeid>`
+    Invoked(&'a str),
+    /// Anything else (not an SCXML processor address).
+    Other(&'a str),
+}
+
+impl<'a> SendTarget<'a> {
+    pub fn parse(target: &'a str) -> SendTarget<'a> {
+        match target.strip_prefix("#_") {
+            Some("parent") => SendTarget::Parent,
+            Some(t) => match t.strip_prefix("scxml_") {
+                Some(id) => SendTarget::Session(id),
+                None => SendTarget::Invoked(t),
+            },
+            None => SendTarget::Other(target),
+        }
     }
 }
 

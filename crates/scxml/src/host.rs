@@ -304,23 +304,23 @@ impl<F: SessionFactory> LocalHost<F> {
         if type_ != SCXML_PROCESSOR {
             return Err(format!("this host has no {type_} event processor"));
         }
-        let dest = if target == "#_parent" {
-            let (p, invokeid) = self
+        let dest = match SendTarget::parse(target) {
+            SendTarget::Parent => {
+                let (p, invokeid) = self
+                    .sessions
+                    .get(from)
+                    .and_then(|e| e.parent.clone())
+                    .ok_or("the session has no parent")?;
+                event.invokeid = Some(invokeid);
+                p
+            }
+            SendTarget::Session(id) => id.to_string(),
+            SendTarget::Invoked(inv) => self
                 .sessions
                 .get(from)
-                .and_then(|e| e.parent.clone())
-                .ok_or("the session has no parent")?;
-            event.invokeid = Some(invokeid);
-            p
-        } else if let Some(id) = target.strip_prefix("#_scxml_") {
-            id.to_string()
-        } else if let Some(inv) = target.strip_prefix("#_") {
-            self.sessions
-                .get(from)
                 .and_then(|e| e.children.get(inv).cloned())
-                .ok_or_else(|| format!("no invoked session \"{inv}\""))?
-        } else {
-            return Err(format!("unknown target \"{target}\""));
+                .ok_or_else(|| format!("no invoked session \"{inv}\""))?,
+            SendTarget::Other(t) => return Err(format!("unknown target \"{t}\"")),
         };
         match self.sessions.get(&dest) {
             Some(e) if e.session.is_running() => self.deliver(&dest, event),

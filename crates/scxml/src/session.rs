@@ -619,32 +619,16 @@ impl Session {
                 } else {
                     let data = st.donedata.as_ref().and_then(|dd| self.eval_donedata(dd));
                     let pid = doc.state(parent).id.to_string();
-                    self.internal.push_back(Event {
-                        name: format!("done.state.{pid}"),
-                        kind: EventType::Internal,
-                        sendid: None,
-                        origin: None,
-                        origintype: None,
-                        invokeid: None,
-                        data,
-
-                        raw: None,
-                    });
+                    self.internal
+                        .push_back(Event::internal(format!("done.state.{pid}"), data));
                     if let Some(gp) = doc.state(parent).parent
                         && doc.state(gp).kind == StateKind::Parallel
                         && doc.state(gp).children.iter().all(|&c| self.in_final(c))
                     {
-                        self.internal.push_back(Event {
-                            name: format!("done.state.{}", doc.state(gp).id),
-                            kind: EventType::Internal,
-                            sendid: None,
-                            origin: None,
-                            origintype: None,
-                            invokeid: None,
-                            data: None,
-
-                            raw: None,
-                        });
+                        self.internal.push_back(Event::internal(
+                            format!("done.state.{}", doc.state(gp).id),
+                            None,
+                        ));
                     }
                 }
             }
@@ -835,17 +819,8 @@ impl Session {
         let plain = |e: DmError| (None, e.0);
         match a {
             Action::Raise { event } => {
-                self.internal.push_back(Event {
-                    name: event.to_string(),
-                    kind: EventType::Internal,
-                    sendid: None,
-                    origin: None,
-                    origintype: None,
-                    invokeid: None,
-                    data: None,
-
-                    raw: None,
-                });
+                self.internal
+                    .push_back(Event::internal(event.to_string(), None));
             }
             Action::Log { label, expr } => {
                 let message = match expr {
@@ -1119,10 +1094,7 @@ impl Session {
     }
 
     fn reachable(&self, target: &str) -> bool {
-        if let Some(inv) = target.strip_prefix("#_")
-            && !inv.starts_with("scxml_")
-            && inv != "parent"
-        {
+        if let SendTarget::Invoked(inv) = SendTarget::parse(target) {
             return self.invokes.iter().any(|i| i.invokeid == inv);
         }
         self.target_check.as_ref().is_none_or(|check| check(target))

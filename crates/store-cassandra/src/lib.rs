@@ -307,11 +307,7 @@ impl SessionStore for CassandraStore {
         {
             let current: Option<i64> = col(&row, "fence");
             if let Some(c) = current {
-                return Err(StoreError::StaleFence {
-                    key: format!("session {id}"),
-                    given: fence,
-                    current: c as u64,
-                });
+                return Err(StoreError::stale_fence(id, fence, c as u64));
             }
             return Ok(()); // deleted meanwhile
         }
@@ -348,11 +344,7 @@ impl SessionStore for CassandraStore {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
         if fence < cur.fence {
-            return Err(StoreError::StaleFence {
-                key: format!("session {id}"),
-                given: fence,
-                current: cur.fence,
-            });
+            return Err(StoreError::stale_fence(id, fence, cur.fence));
         }
         self.run(&self.st.index_session, vec![v(to_node), v(id)])
             .await?;

@@ -269,11 +269,7 @@ impl SessionStore for EmbeddedStore {
                 return Ok(());
             };
             if fence < cur.fence {
-                return Err(StoreError::StaleFence {
-                    key: format!("session {id}"),
-                    given: fence,
-                    current: cur.fence,
-                });
+                return Err(StoreError::stale_fence(&id, fence, cur.fence));
             }
             t.remove(id.as_str()).map_err(other)?;
             drop(t);
@@ -327,11 +323,7 @@ impl SessionStore for EmbeddedStore {
             let mut rec = session_meta(&t, &id)?
                 .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
             if fence < rec.fence {
-                return Err(StoreError::StaleFence {
-                    key: format!("session {id}"),
-                    given: fence,
-                    current: rec.fence,
-                });
+                return Err(StoreError::stale_fence(&id, fence, rec.fence));
             }
             let old = std::mem::replace(&mut rec.node, to.clone());
             rec.fence = fence;

@@ -55,6 +55,17 @@ pub enum StoreError {
     Other(String),
 }
 
+impl StoreError {
+    /// A write to session `id` carrying fence `given`, older than the record's `current`.
+    pub fn stale_fence(id: &str, given: Fence, current: Fence) -> StoreError {
+        StoreError::StaleFence {
+            key: format!("session {id}"),
+            given,
+            current,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A session's stored state.

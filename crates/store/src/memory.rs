@@ -97,11 +97,7 @@ impl SessionStore for MemoryStore {
             return Ok(());
         };
         if fence < r.fence {
-            return Err(StoreError::StaleFence {
-                key: format!("session {id}"),
-                given: fence,
-                current: r.fence,
-            });
+            return Err(StoreError::stale_fence(id, fence, r.fence));
         }
         let node = r.node.clone();
         g.sessions.remove(id);
@@ -128,11 +124,7 @@ impl SessionStore for MemoryStore {
             .get(id)
             .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
         if fence < r.fence {
-            return Err(StoreError::StaleFence {
-                key: format!("session {id}"),
-                given: fence,
-                current: r.fence,
-            });
+            return Err(StoreError::stale_fence(id, fence, r.fence));
         }
         let old = r.node.clone();
         g.by_node.remove(&(old, id.to_string()));

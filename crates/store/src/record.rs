@@ -121,11 +121,7 @@ pub fn check_write(
     if let Some((_, fence)) = current
         && w.fence < fence
     {
-        return Err(StoreError::StaleFence {
-            key: key(),
-            given: w.fence,
-            current: fence,
-        });
+        return Err(StoreError::stale_fence(w.id, w.fence, fence));
     }
     let found = current.map(|(v, _)| v);
     if found != w.expected_version {

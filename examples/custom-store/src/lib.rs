@@ -112,14 +112,6 @@ impl FileStore {
         Ok(out)
     }
 
-    fn stale(id: &str, given: Fence, current: Fence) -> StoreError {
-        StoreError::StaleFence {
-            key: format!("session {id}"),
-            given,
-            current,
-        }
-    }
-
     /// Overwrites a session file with garbage (for the conformance suite's corruption check).
     pub fn corrupt(&self, id: &str) -> Result<()> {
         std::fs::write(self.path("sessions", id), b"not a record").map_err(io)
@@ -170,7 +162,7 @@ impl SessionStore for FileStore {
             return Ok(());
         };
         if fence < cur.fence {
-            return Err(Self::stale(id, fence, cur.fence));
+            return Err(StoreError::stale_fence(id, fence, cur.fence));
         }
         self.remove("sessions", id)?;
         for s in self.schedules()? {
@@ -199,7 +191,7 @@ impl SessionStore for FileStore {
             .session(id)?
             .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
         if fence < r.fence {
-            return Err(Self::stale(id, fence, r.fence));
+            return Err(StoreError::stale_fence(id, fence, r.fence));
         }
         r.node = to_node.into();
         r.fence = fence;
