@@ -19,7 +19,8 @@ const COUNTER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" xmlns:or
   <state id="idle">
     <transition event="inc"><assign location="n" expr="n + 1"/><assign location="last" expr="_event.data"/></transition>
     <transition event="session.recovered"><assign location="recovered" expr="recovered + 1"/></transition>
-    <transition event="arm"><send event="ring" delay="1500ms"/></transition>
+    <transition event="arm"><send event="ring" delay="1500ms" id="alarm"/></transition>
+    <transition event="disarm"><cancel sendid="alarm"/></transition>
     <transition event="ring"><assign location="fired" expr="fired + 1"/></transition>
     <transition event="ask">
       <ors:response requestid="_event.sendid" type="positive" resultcode="'ok'">
@@ -376,4 +377,147 @@ async fn sigterm_stops_cleanly_and_keeps_state() {
     s.restart();
     let q = wait_for(&c, &s, &sid, 10, |st, _| st == 200).await;
     assert_eq!(q["datamodel"]["n"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_delayed_send_never_fires() {
+    let (_tmp, s) = setup(FAST, &[]);
+    let c = client();
+    let sid = start(&c, &s, "counter.scxml", &[]).await;
+    post(&c, &format!("{}/scxml/session/{sid}/event/arm", s.url), &[]).await;
+    post(
+        &c,
+        &format!("{}/scxml/session/{sid}/event/disarm", s.url),
+        &[],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(query(&c, &s, &sid).await.1["datamodel"]["fired"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_leave_memory_and_come_back() {
+    let cfg = FAST.replace(
+        "lease_ttl_ms = 1000",
+        "lease_ttl_ms = 1000\nidle_timeout_secs = 1",
+    );
+    let (_tmp, s) = setup(&cfg, &[]);
+    let c = client();
+    let sid = start(&c, &s, "counter.scxml", &[]).await;
+    post(&c, &format!("{}/scxml/session/{sid}/event/inc", s.url), &[]).await;
+    let live = |m: &Value| {
+        m.as_str()
+            .and_then(|t| t.lines().find(|l| l.starts_with("ors_live_sessions ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(
+        live(&get(&c, &format!("{}/metrics", s.url)).await.1),
+        Some(1.0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live(&get(&c, &format!("{}/metrics", s.url)).await.1) != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the idle session stayed in memory"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It comes back, with its state, on the next event.
+    let (st, _) = post(&c, &format!("{}/scxml/session/{sid}/event/inc", s.url), &[]).await;
+    assert_eq!(st, 200);
+    assert_eq!(query(&c, &s, &sid).await.1["datamodel"]["n"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifetime_limit_and_session_limit() {
+    let cfg = FAST
+        .replace("[sessions]\n", "[sessions]\nmax_lifetime_secs = 1\n")
+        .replace("[limits]\n", "[limits]\nmax_sessions = 2\n");
+    let (_tmp, s) = setup(&cfg, &[]);
+    let c = client();
+    let a = start(&c, &s, "counter.scxml", &[]).await;
+    let _b = start(&c, &s, "counter.scxml", &[]).await;
+    let (st, body) = post(
+        &c,
+        &format!("{}/scxml/session/start", s.url),
+        &[("src", "counter.scxml")],
+    )
+    .await;
+    assert_eq!(st, 503, "{body}");
+    // Both are terminated after their lifetime, which frees room for new sessions.
+    wait_for(&c, &s, &a, 10, |_, q| q["done"] == true).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, _) = post(
+            &c,
+            &format!("{}/scxml/session/start", s.url),
+            &[("src", "counter.scxml")],
+        )
+        .await;
+        if st == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after the lifetime ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A document fetched over HTTP is stored with the session: after the URL is gone and the
+/// node restarts, the session is restored from the stored copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_documents_outlive_their_url() {
+    let (tmp, mut s) = setup(FAST, &[]);
+    let port = ors_testsupport::free_port();
+    let mut web = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(tmp.path().join("docs"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 is installed");
+    let c = client();
+    let src = format!("http://127.0.0.1:{port}/counter.scxml");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sid = loop {
+        let (st, body) = post(
+            &c,
+            &format!("{}/scxml/session/start", s.url),
+            &[("src", &src)],
+        )
+        .await;
+        if st == 200 {
+            break body["sessionid"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "document server did not come up: {st} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    post(&c, &format!("{}/scxml/session/{sid}/event/inc", s.url), &[]).await;
+    let _ = web.kill();
+    let _ = web.wait();
+    let (st, _) = post(
+        &c,
+        &format!("{}/scxml/session/start", s.url),
+        &[("src", &src)],
+    )
+    .await;
+    assert_eq!(st, 400, "the URL is gone");
+    s.restart();
+    let q = wait_for(&c, &s, &sid, 10, |st, _| st == 200).await;
+    assert_eq!(q["datamodel"]["n"], 1);
+    let (st, _) = post(&c, &format!("{}/scxml/session/{sid}/event/inc", s.url), &[]).await;
+    assert_eq!(st, 200);
 }
