@@ -50,9 +50,8 @@ fn setup(config: &str, extra: &[&str]) -> (tempfile::TempDir, Server) {
 const FAST: &str =
     "[sessions]\nlease_ttl_ms = 1000\nrequest_timeout_secs = 1\n[limits]\nmax_body_bytes = 4096\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rest_api_end_to_end() {
-    let (_tmp, s) = setup(FAST, &[]);
+async fn rest_api_end_to_end(extra: &[&str]) {
+    let (_tmp, s) = setup(FAST, extra);
     let c = client();
     // Start: form body; parameters fill <data> of the same id; the cookie names the session.
     let r = c
@@ -191,9 +190,8 @@ async fn rest_api_end_to_end() {
     assert!(h["paths"]["/scxml/session/start"].is_object());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_is_answered_by_response_or_times_out() {
-    let (_tmp, s) = setup(FAST, &[]);
+async fn request_is_answered_by_response_or_times_out(extra: &[&str]) {
+    let (_tmp, s) = setup(FAST, extra);
     let c = client();
     let sid = start(&c, &s, "counter.scxml", &[]).await;
     post(&c, &format!("{}/scxml/session/{sid}/event/inc", s.url), &[]).await;
@@ -219,9 +217,8 @@ async fn request_is_answered_by_response_or_times_out() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scheduled_start_and_delayed_send() {
-    let (_tmp, s) = setup(FAST, &[]);
+async fn scheduled_start_and_delayed_send(extra: &[&str]) {
+    let (_tmp, s) = setup(FAST, extra);
     let c = client();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -364,9 +361,8 @@ async fn kill9_under_load_redis_store() {
     drop(redis);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_cleanly_and_keeps_state() {
-    let (_tmp, mut s) = setup(FAST, &[]);
+async fn sigterm_stops_cleanly_and_keeps_state(extra: &[&str]) {
+    let (_tmp, mut s) = setup(FAST, extra);
     let c = client();
     let sid = start(&c, &s, "counter.scxml", &[]).await;
     for _ in 0..5 {
@@ -379,9 +375,8 @@ async fn sigterm_stops_cleanly_and_keeps_state() {
     assert_eq!(q["datamodel"]["n"], 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_delayed_send_never_fires() {
-    let (_tmp, s) = setup(FAST, &[]);
+async fn cancelled_delayed_send_never_fires(extra: &[&str]) {
+    let (_tmp, s) = setup(FAST, extra);
     let c = client();
     let sid = start(&c, &s, "counter.scxml", &[]).await;
     post(&c, &format!("{}/scxml/session/{sid}/event/arm", s.url), &[]).await;
@@ -395,13 +390,12 @@ async fn cancelled_delayed_send_never_fires() {
     assert_eq!(query(&c, &s, &sid).await.1["datamodel"]["fired"], 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_sessions_leave_memory_and_come_back() {
+async fn idle_sessions_leave_memory_and_come_back(extra: &[&str]) {
     let cfg = FAST.replace(
         "lease_ttl_ms = 1000",
         "lease_ttl_ms = 1000\nidle_timeout_secs = 1",
     );
-    let (_tmp, s) = setup(&cfg, &[]);
+    let (_tmp, s) = setup(&cfg, extra);
     let c = client();
     let sid = start(&c, &s, "counter.scxml", &[]).await;
     post(&c, &format!("{}/scxml/session/{sid}/event/inc", s.url), &[]).await;
@@ -429,12 +423,11 @@ async fn idle_sessions_leave_memory_and_come_back() {
     assert_eq!(query(&c, &s, &sid).await.1["datamodel"]["n"], 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lifetime_limit_and_session_limit() {
+async fn lifetime_limit_and_session_limit(extra: &[&str]) {
     let cfg = FAST
         .replace("[sessions]\n", "[sessions]\nmax_lifetime_secs = 1\n")
         .replace("[limits]\n", "[limits]\nmax_sessions = 2\n");
-    let (_tmp, s) = setup(&cfg, &[]);
+    let (_tmp, s) = setup(&cfg, extra);
     let c = client();
     let a = start(&c, &s, "counter.scxml", &[]).await;
     let _b = start(&c, &s, "counter.scxml", &[]).await;
@@ -468,9 +461,8 @@ async fn lifetime_limit_and_session_limit() {
 
 /// A document fetched over HTTP is stored with the session: after the URL is gone and the
 /// node restarts, the session is restored from the stored copy.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_documents_outlive_their_url() {
-    let (tmp, mut s) = setup(FAST, &[]);
+async fn http_documents_outlive_their_url(extra: &[&str]) {
+    let (tmp, mut s) = setup(FAST, extra);
     let port = ors_testsupport::free_port();
     let mut web = std::process::Command::new("python3")
         .args([
@@ -521,3 +513,38 @@ async fn http_documents_outlive_their_url() {
     let (st, _) = post(&c, &format!("{}/scxml/session/{sid}/event/inc", s.url), &[]).await;
     assert_eq!(st, 200);
 }
+
+/// Each scenario runs twice: on the embedded store and on a real redis-server.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&[]).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let redis = ors_testsupport::RedisServer::start(false);
+                    let url = redis.url();
+                    super::$name(&["--store", "redis", "--redis-url", &url]).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    rest_api_end_to_end,
+    request_is_answered_by_response_or_times_out,
+    scheduled_start_and_delayed_send,
+    cancelled_delayed_send_never_fires,
+    idle_sessions_leave_memory_and_come_back,
+    lifetime_limit_and_session_limit,
+    http_documents_outlive_their_url,
+    sigterm_stops_cleanly_and_keeps_state,
+);
