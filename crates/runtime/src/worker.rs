@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ors_scxml::event::{BASIC_HTTP_PROCESSOR, SCXML_PROCESSOR, SendTarget};
 use ors_scxml::{
-    Document, Effect, Event, EventType, InvokeSource, Session, SessionLimits, Snapshot, SystemVars,
+    Document, Effect, Event, InvokeSource, Session, SessionLimits, Snapshot, SystemVars,
 };
 use ors_store::{ScheduleEntry, ScheduleKind, SessionWrite, StoreError};
 use serde::{Deserialize, Serialize};
@@ -572,16 +572,7 @@ impl Worker {
                     };
                     let conf = slot.session.active_atomic_states();
                     if let Some((psid, invokeid)) = slot.parent.clone() {
-                        let ev = Event {
-                            name: format!("done.invoke.{invokeid}"),
-                            kind: EventType::External,
-                            sendid: None,
-                            origin: Some(format!("#_scxml_{sid}")),
-                            origintype: Some(SCXML_PROCESSOR.into()),
-                            invokeid: Some(invokeid),
-                            data,
-                            raw: None,
-                        };
+                        let ev = Event::done_invoke(&invokeid, sid, data);
                         Box::pin(self.deliver(sid, &psid, ev, out)).await;
                     }
                     out.finished.push((sid.to_string(), conf));

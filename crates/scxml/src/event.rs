@@ -57,6 +57,20 @@ impl Event {
         }
     }
 
+    /// `done.invoke.<invokeid>` from the child session `child` to its parent.
+    pub fn done_invoke(invokeid: &str, child: &str, data: Option<Content>) -> Self {
+        Event {
+            name: format!("done.invoke.{invokeid}"),
+            kind: EventType::External,
+            sendid: None,
+            origin: Some(format!("#_scxml_{child}")),
+            origintype: Some(SCXML_PROCESSOR.to_string()),
+            invokeid: Some(invokeid.to_string()),
+            data,
+            raw: None,
+        }
+    }
+
     /// An internal event (`<raise>`, `done.state.*`).
     pub fn internal(name: impl Into<String>, data: Option<Content>) -> Self {
         Event {

@@ -270,17 +270,7 @@ impl<F: SessionFactory> LocalHost<F> {
                     self.live.borrow_mut().remove(&sid);
                     let parent = self.sessions.get(&sid).and_then(|e| e.parent.clone());
                     if let Some((psid, invokeid)) = parent {
-                        let ev = Event {
-                            name: format!("done.invoke.{invokeid}"),
-                            kind: EventType::External,
-                            sendid: None,
-                            origin: Some(format!("#_scxml_{sid}")),
-                            origintype: Some(SCXML_PROCESSOR.into()),
-                            invokeid: Some(invokeid.clone()),
-                            data,
-
-                            raw: None,
-                        };
+                        let ev = Event::done_invoke(&invokeid, &sid, data);
                         let _ = self.deliver(&psid, ev);
                         if let Some(p) = self.sessions.get_mut(&psid) {
                             p.children.remove(&invokeid);
