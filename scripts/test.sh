@@ -30,6 +30,13 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 
+if command -v cargo-deny >/dev/null; then
+  echo "== cargo deny (licenses, bans, sources; advisories need the network)"
+  cargo deny --log-level error check licenses bans sources
+else
+  echo "NOTE: cargo-deny is not installed; skipping the dependency policy check (cargo install cargo-deny)"
+fi
+
 echo "== cargo test"
 if [ -z "${ORS_TEST_CASSANDRA_NODES:-}" ]; then
   echo "NOTE: the Cassandra conformance suite is SKIPPED (set ORS_TEST_CASSANDRA_NODES=host[;host] to run it);"
