@@ -206,14 +206,13 @@ struct DocBuilder {
     exprs: Vec<Expr>,
     ids: HashMap<Box<str>, StateId>,
     /// Targets to resolve once every id is known: (transition, names, pos, element).
-    pending_targets: Vec<(TransitionId, Vec<String>, Pos, &'static str)>,
+    pending_targets: Vec<(TransitionId, Vec<String>, Pos)>,
     /// `initial="..."` attributes to resolve: (state, names, pos).
     pending_initial: Vec<(StateId, Vec<String>, Pos)>,
     anon: u32,
     uses_in: bool,
     uses_event: bool,
     uses_ioprocessors: bool,
-    late: bool,
 }
 
 impl<'x, 'o> Builder<'x, 'o> {
@@ -298,11 +297,10 @@ impl<'x, 'o> Builder<'x, 'o> {
             uses_in: false,
             uses_event: false,
             uses_ioprocessors: false,
-            late: binding == Binding::Late,
         };
         let mut global_script = Vec::new();
         self.state(&mut d, root, None, 0, StateKind::Root, &mut global_script);
-        self.resolve(&mut d, root);
+        self.resolve(&mut d);
         Some(Arc::new(Document {
             uid: Document::next_uid(),
             source_name: self.opts.source_name.into(),
@@ -629,9 +627,9 @@ impl<'x, 'o> Builder<'x, 'o> {
     }
 
     /// Resolves target names and checks what needs the whole tree.
-    fn resolve(&mut self, d: &mut DocBuilder, root: Node) {
+    fn resolve(&mut self, d: &mut DocBuilder) {
         let pending = std::mem::take(&mut d.pending_targets);
-        for (t, names, pos, _) in pending {
+        for (t, names, pos) in pending {
             for name in names {
                 match d.ids.get(name.as_str()) {
                     Some(&s) => d.transitions[t as usize].targets.push(s),
@@ -730,7 +728,6 @@ impl<'x, 'o> Builder<'x, 'o> {
                 }
             }
         }
-        let _ = root;
     }
 
     fn err_at(&mut self, pos: Pos, element: &str, msg: String) {
@@ -778,7 +775,7 @@ impl<'x, 'o> Builder<'x, 'o> {
             if names.is_empty() {
                 self.err(n, "target= is empty");
             }
-            d.pending_targets.push((t, names, pos, "transition"));
+            d.pending_targets.push((t, names, pos));
         }
         t
     }
@@ -1168,7 +1165,7 @@ impl<'x, 'o> Builder<'x, 'o> {
                 DataInit::Expr(self.expr(d, c, ExprKind::Value, e))
             } else if let Some(uri) = c.attribute("src") {
                 match self.opts.loader.load(uri) {
-                    Ok(text) => DataInit::Content(classify_content(&text, None)),
+                    Ok(text) => DataInit::Content(classify_content(&text)),
                     Err(e) => DataInit::SrcFailed(format!("cannot load \"{uri}\": {e}").into()),
                 }
             } else if has_content {
@@ -1182,7 +1179,6 @@ impl<'x, 'o> Builder<'x, 'o> {
                 pos,
             });
         }
-        let _ = d.late;
     }
 
     fn donedata(&mut self, d: &mut DocBuilder, n: Node) -> DoneData {
@@ -1268,13 +1264,13 @@ impl<'x, 'o> Builder<'x, 'o> {
             return Content::Xml(out.into());
         }
         let text: String = n.children().filter_map(|k| k.text()).collect();
-        classify_content(&text, Some(()))
+        classify_content(&text)
     }
 }
 
 /// JSON if it parses as JSON, XML if it is a well-formed element, otherwise text
 /// (whitespace-normalised, as the ECMAScript datamodel requires for content).
-pub fn classify_content(text: &str, _inline: Option<()>) -> Content {
+pub fn classify_content(text: &str) -> Content {
     let t = text.trim();
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(t) {
         return Content::Json(v);

@@ -327,18 +327,8 @@ impl<F: SessionFactory> LocalHost<F> {
         let doc = match doc {
             Ok(d) => d,
             Err(msg) => {
-                let ev = Event {
-                    invokeid: Some(req.invokeid.clone()),
-                    ..Event::platform("error.execution", None, Some(msg))
-                };
-                // Delivered as an internal-ish platform event on the parent's queue.
-                let _ = self.deliver(
-                    parent,
-                    Event {
-                        invokeid: None,
-                        ..ev
-                    },
-                );
+                let ev = Event::platform("error.execution", None, Some(msg));
+                let _ = self.deliver(parent, ev);
                 return Vec::new();
             }
         };

@@ -165,6 +165,10 @@ impl Session {
         if self.is_done() {
             return self.final_configuration.clone();
         }
+        self.atomic_configuration()
+    }
+
+    fn atomic_configuration(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .config
             .iter()
@@ -405,9 +409,7 @@ impl Session {
     }
 
     fn exit_interpreter(&mut self, done_event: bool) {
-        self.running = true; // so that the next line reports the live configuration
-        self.final_configuration = self.active_atomic_states();
-        self.running = false;
+        self.final_configuration = self.atomic_configuration();
         let mut exit: Vec<StateId> = self.config.clone();
         exit.reverse();
         let doc = self.doc.clone();
