@@ -151,15 +151,20 @@ impl Shared {
     }
 
     fn check_owner(&self, sid: &str) -> Result<(), ApiError> {
-        match sid.rsplit_once('-') {
-            Some((node, _)) if node == self.cfg.node_id => Ok(()),
-            Some((node, _)) => Err(ApiError::WrongNode {
+        match owner_node(sid) {
+            Some(node) if node == self.cfg.node_id => Ok(()),
+            Some(node) => Err(ApiError::WrongNode {
                 session: sid.into(),
                 node: node.into(),
             }),
             None => Err(ApiError::NotFound(sid.into())),
         }
     }
+}
+
+/// The node a session id names (`<node>-<unique>`), if it is well formed.
+pub(crate) fn owner_node(sid: &str) -> Option<&str> {
+    sid.rsplit_once('-').map(|(node, _)| node)
 }
 
 /// A handle to the running runtime; cheap to clone.
@@ -240,7 +245,7 @@ impl Runtime {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ors-worker-{i}"))
-                    .spawn(move || worker::run(s, rx))
+                    .spawn(move || worker::run(s, i, rx))
                     .map_err(|e| ApiError::Internal(e.to_string()))?,
             );
         }

@@ -92,24 +92,19 @@ struct Worker {
     me: usize,
     sessions: HashMap<String, Slot>,
     ready: VecDeque<String>,
-    stopping: bool,
 }
 
-pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
+pub(crate) fn run(shared: Arc<Shared>, me: usize, mut rx: mpsc::Receiver<Command>) {
     ors_ecmascript::configure_thread(shared.cfg.js);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a current-thread tokio runtime");
-    let me = (0..shared.workers.len())
-        .find(|&i| std::thread::current().name() == Some(&format!("ors-worker-{i}")))
-        .unwrap_or(0);
     let mut w = Worker {
         shared,
         me,
         sessions: HashMap::new(),
         ready: VecDeque::new(),
-        stopping: false,
     };
     rt.block_on(async {
         let mut idle_scan = tokio::time::interval(Duration::from_secs(1));
@@ -136,7 +131,6 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
             w.run_ready(&mut out).await;
             w.flush(out).await;
             if !shutdown.is_empty() {
-                w.stopping = true;
                 for r in shutdown {
                     let _ = r.send(());
                 }
@@ -169,22 +163,21 @@ fn system_vars(shared: &Shared, sid: &str, doc: &Document) -> SystemVars {
 }
 
 impl Worker {
-    fn new_session(&self, sid: &str, doc: &Arc<Document>) -> Session {
-        let vars = system_vars(&self.shared, sid, doc);
-        let dm = ors_ecmascript::datamodel_for(doc, &vars);
-        let mut s = Session::new(doc.clone(), dm, sid).with_limits(self.limits());
-        self.install_target_check(&mut s);
-        s
+    fn datamodel(&self, sid: &str, doc: &Arc<Document>) -> Box<dyn ors_scxml::Datamodel> {
+        ors_ecmascript::datamodel_for(doc, &system_vars(&self.shared, sid, doc))
     }
 
-    fn limits(&self) -> SessionLimits {
-        SessionLimits {
+    fn new_session(&self, sid: &str, doc: &Arc<Document>) -> Session {
+        self.prepare(Session::new(doc.clone(), self.datamodel(sid, doc), sid))
+    }
+
+    /// What every session of this runtime gets, new or restored: its limits and the
+    /// host's routing hooks.
+    fn prepare(&self, s: Session) -> Session {
+        let mut s = s.with_limits(SessionLimits {
             max_queue: self.shared.cfg.max_queue,
             ..SessionLimits::default()
-        }
-    }
-
-    fn install_target_check(&self, s: &mut Session) {
+        });
         let own = format!(
             "{}/scxml/session/{}/basichttp",
             self.shared.cfg.external_url.trim_end_matches('/'),
@@ -196,12 +189,11 @@ impl Worker {
         // Session ids carry their node: a target on another node (or malformed) can be
         // refused at once; whether a local id exists is known only on delivery.
         let node = self.shared.cfg.node_id.clone();
-        s.set_target_check(Box::new(move |target| {
-            match target.strip_prefix("#_scxml_") {
-                Some(id) => id.rsplit_once('-').is_some_and(|(n, _)| n == node),
-                None => true,
-            }
+        s.set_target_check(Box::new(move |target| match SendTarget::parse(target) {
+            SendTarget::Session(id) => crate::owner_node(id) == Some(node.as_str()),
+            _ => true,
         }));
+        s
     }
 
     fn persist_flag(&self, doc: &Document) -> bool {
@@ -235,12 +227,10 @@ impl Worker {
             ApiError::Internal(format!("session {sid} has a corrupt snapshot: {e}"))
         })?;
         let doc = self.shared.docs.get(&rec.document).await?;
-        let vars = system_vars(&self.shared, sid, &doc);
-        let dm = ors_ecmascript::datamodel_for(&doc, &vars);
-        let mut session = Session::restore(doc, dm, &stored.snapshot)
-            .map_err(|e| ApiError::Internal(format!("session {sid} cannot be restored: {e}")))?
-            .with_limits(self.limits());
-        self.install_target_check(&mut session);
+        let dm = self.datamodel(sid, &doc);
+        let session = Session::restore(doc, dm, &stored.snapshot)
+            .map_err(|e| ApiError::Internal(format!("session {sid} cannot be restored: {e}")))?;
+        let session = self.prepare(session);
         self.sessions.insert(
             sid.to_string(),
             Slot {
