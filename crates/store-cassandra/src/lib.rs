@@ -552,11 +552,7 @@ impl SessionStore for CassandraStore {
                 expires_at_ms: expires,
                 ..lease.clone()
             }),
-            Some(_) => Err(StoreError::LeaseLost {
-                name: lease.name.clone(),
-                holder: lease.holder.clone(),
-                token: lease.token,
-            }),
+            Some(_) => Err(StoreError::lease_lost(lease)),
         }
     }
 

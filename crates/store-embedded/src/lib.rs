@@ -196,14 +196,6 @@ fn remove_schedule(txn: &redb::WriteTransaction, id: &str) -> Result<()> {
     Ok(())
 }
 
-fn lease_lost(l: &Lease) -> StoreError {
-    StoreError::LeaseLost {
-        name: l.name.clone(),
-        holder: l.holder.clone(),
-        token: l.token,
-    }
-}
-
 #[async_trait]
 impl SessionStore for EmbeddedStore {
     async fn put_document(&self, hash: &str, body: &[u8]) -> Result<()> {
@@ -487,10 +479,10 @@ impl SessionStore for EmbeddedStore {
             let mut t = txn.open_table(LEASES).map_err(other)?;
             let cur = match t.get(lease.name.as_str()).map_err(other)? {
                 Some(v) => record::decode_lease(&lease.name, v.value())?,
-                None => return Err(lease_lost(&lease)),
+                None => return Err(StoreError::lease_lost(&lease)),
             };
             if cur.token != lease.token || cur.holder != lease.holder || cur.expires_at_ms <= now {
-                return Err(lease_lost(&lease));
+                return Err(StoreError::lease_lost(&lease));
             }
             let renewed = Lease {
                 expires_at_ms: now.saturating_add(ttl_ms),

@@ -680,11 +680,7 @@ impl SessionStore for RedisStore {
                 expires_at_ms: expires,
                 ..lease.clone()
             }),
-            None => Err(StoreError::LeaseLost {
-                name: lease.name.clone(),
-                holder: lease.holder.clone(),
-                token: lease.token,
-            }),
+            None => Err(StoreError::lease_lost(lease)),
         }
     }
 

@@ -66,6 +66,17 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// `lease` is no longer held with its token.
+    pub fn lease_lost(lease: &Lease) -> StoreError {
+        StoreError::LeaseLost {
+            name: lease.name.clone(),
+            holder: lease.holder.clone(),
+            token: lease.token,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A session's stored state.

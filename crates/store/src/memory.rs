@@ -221,11 +221,7 @@ impl SessionStore for MemoryStore {
                 l.expires_at_ms = now.saturating_add(ttl_ms);
                 Ok(l.clone())
             }
-            _ => Err(StoreError::LeaseLost {
-                name: lease.name.clone(),
-                holder: lease.holder.clone(),
-                token: lease.token,
-            }),
+            _ => Err(StoreError::lease_lost(lease)),
         }
     }
 

@@ -290,11 +290,7 @@ impl SessionStore for FileStore {
     async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
         let _g = self.lock.lock().await;
         let now = now_ms();
-        let lost = || StoreError::LeaseLost {
-            name: lease.name.clone(),
-            holder: lease.holder.clone(),
-            token: lease.token,
-        };
+        let lost = || StoreError::lease_lost(lease);
         let cur = self.read("leases", &lease.name)?.ok_or_else(lost)?;
         let cur = record::decode_lease(&lease.name, &cur)?;
         if cur.token != lease.token || cur.holder != lease.holder || cur.expires_at_ms <= now {
