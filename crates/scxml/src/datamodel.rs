@@ -34,6 +34,29 @@ pub struct SystemVars {
     pub ioprocessors: Value,
 }
 
+impl SystemVars {
+    /// The variables of session `sessionid` of `doc`. `_ioprocessors` always lists the
+    /// SCXML Event I/O Processor (by its type URI and its short name `scxml`); a host
+    /// that receives BasicHTTP events passes the session's `basichttp` location too.
+    pub fn new(sessionid: &str, doc: &crate::Document, basichttp: Option<&str>) -> Self {
+        use crate::event::{BASIC_HTTP_PROCESSOR, SCXML_PROCESSOR};
+        let scxml = serde_json::json!({ "location": format!("#_scxml_{sessionid}") });
+        let mut processors = serde_json::Map::new();
+        processors.insert(SCXML_PROCESSOR.into(), scxml.clone());
+        processors.insert("scxml".into(), scxml);
+        if let Some(url) = basichttp {
+            let http = serde_json::json!({ "location": url });
+            processors.insert(BASIC_HTTP_PROCESSOR.into(), http.clone());
+            processors.insert("basichttp".into(), http);
+        }
+        SystemVars {
+            sessionid: sessionid.to_string(),
+            name: doc.name.as_deref().map(String::from),
+            ioprocessors: Value::Object(processors),
+        }
+    }
+}
+
 /// A session's datamodel. Expressions are named by [`ExprId`] into the session's document;
 /// implementations compile each once per document, not per evaluation.
 ///

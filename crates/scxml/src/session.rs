@@ -155,6 +155,10 @@ impl Session {
     pub fn is_done(&self) -> bool {
         self.started && !self.running
     }
+    /// The host's clock at the session's last call (0 before its start).
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
     /// Events queued and not yet processed.
     pub fn queued(&self) -> usize {
         self.external.len()
