@@ -514,6 +514,49 @@ async fn http_documents_outlive_their_url(extra: &[&str]) {
     assert_eq!(st, 200);
 }
 
+const INVOKES_MISSING: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0"
+    datamodel="ecmascript" initial="s">
+  <state id="s">
+    <invoke src="missing.scxml"/>
+    <transition event="error.execution" target="execution"/>
+    <transition event="error.communication" target="communication"/>
+  </state>
+  <state id="execution"/>
+  <state id="communication"/>
+</scxml>"#;
+
+const SENDS_TO_NOBODY: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0"
+    datamodel="ecmascript" initial="s">
+  <datamodel><data id="to" expr="''"/><data id="errors" expr="0"/></datamodel>
+  <state id="s">
+    <onentry><send event="hello" targetexpr="'#_scxml_' + to"/></onentry>
+    <transition event="error.communication"><assign location="errors" expr="errors + 1"/></transition>
+  </state>
+</scxml>"#;
+
+/// The error events the Recommendation prescribes, on the server as in `ors run`: a child
+/// that cannot be created raises error.execution in its parent; a send to a session that
+/// does not exist raises error.communication in the sender, whichever worker would own
+/// that session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_and_send_failures_raise_the_prescribed_errors() {
+    let (tmp, s) = setup(FAST, &["--workers", "4"]);
+    std::fs::write(tmp.path().join("docs/invoker.scxml"), INVOKES_MISSING).unwrap();
+    std::fs::write(tmp.path().join("docs/sender.scxml"), SENDS_TO_NOBODY).unwrap();
+    let c = client();
+    let sid = start(&c, &s, "invoker.scxml", &[]).await;
+    let q = wait_for(&c, &s, &sid, 10, |_, q| q["configuration"] != json!(["s"])).await;
+    assert_eq!(q["configuration"], json!(["execution"]));
+    let mut senders = Vec::new();
+    for i in 0..8 {
+        let to = format!("node1-nosuch{i}");
+        senders.push(start(&c, &s, "sender.scxml", &[("to", &to)]).await);
+    }
+    for sid in senders {
+        wait_for(&c, &s, &sid, 10, |_, q| q["datamodel"]["errors"] == 1).await;
+    }
+}
+
 /// Each scenario runs twice: on the embedded store and on a real redis-server.
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {

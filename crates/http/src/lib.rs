@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use ors_runtime::{ApiError, Runtime, StartRequest};
+use ors_runtime::{Runtime, RuntimeError, StartRequest};
 use ors_scxml::Event;
 use serde_json::{Map, Value, json};
 use tower::ServiceBuilder;
@@ -106,12 +106,12 @@ fn error(status: StatusCode, message: String, extra: Option<Value>) -> Response 
     (status, axum::Json(body)).into_response()
 }
 
-fn api_error(e: ApiError) -> Response {
+fn runtime_error(e: RuntimeError) -> Response {
     metrics::counter!("ors_http_errors_total").increment(1);
     match e {
-        ApiError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string(), None),
-        ApiError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m, None),
-        ApiError::InvalidDocument(d) => {
+        RuntimeError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string(), None),
+        RuntimeError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m, None),
+        RuntimeError::InvalidDocument(d) => {
             let list: Vec<Value> = d
                 .iter()
                 .map(|d| {
@@ -127,35 +127,39 @@ fn api_error(e: ApiError) -> Response {
                 Some(Value::Array(list)),
             )
         }
-        ApiError::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, m, None),
-        ApiError::Overloaded(m) => error(
+        RuntimeError::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, m, None),
+        RuntimeError::Overloaded(m) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("overloaded: {m}"),
             None,
         ),
-        ApiError::Timeout(m) => error(StatusCode::GATEWAY_TIMEOUT, m, None),
+        RuntimeError::Timeout(m) => error(StatusCode::GATEWAY_TIMEOUT, m, None),
         // Single node for now: the owner is not reachable from here.
-        ApiError::WrongNode { .. } => error(StatusCode::NOT_FOUND, e.to_string(), None),
-        ApiError::Store(m) => error(
+        RuntimeError::WrongNode { .. } => error(StatusCode::NOT_FOUND, e.to_string(), None),
+        RuntimeError::Store(m) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store unavailable: {m}"),
             None,
         ),
-        ApiError::ShuttingDown => error(
+        RuntimeError::ShuttingDown => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down".into(),
             None,
         ),
-        ApiError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m, None),
+        RuntimeError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m, None),
     }
 }
 
 /// Parameters from the query string and the body (form-encoded or a JSON object).
-fn params(headers: &HeaderMap, uri: &Uri, body: &Bytes) -> Result<Vec<(String, Value)>, ApiError> {
+fn params(
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: &Bytes,
+) -> Result<Vec<(String, Value)>, RuntimeError> {
     let mut out: Vec<(String, Value)> = Vec::new();
     if let Some(q) = uri.query() {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q)
-            .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+            .map_err(|e| RuntimeError::BadRequest(format!("query string: {e}")))?;
         out.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))));
     }
     if body.is_empty() {
@@ -169,15 +173,19 @@ fn params(headers: &HeaderMap, uri: &Uri, body: &Bytes) -> Result<Vec<(String, V
     if ctype.starts_with("application/json") {
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(m)) => out.extend(m),
-            Ok(_) => return Err(ApiError::BadRequest("a JSON body must be an object".into())),
-            Err(e) => return Err(ApiError::BadRequest(format!("invalid JSON body: {e}"))),
+            Ok(_) => {
+                return Err(RuntimeError::BadRequest(
+                    "a JSON body must be an object".into(),
+                ));
+            }
+            Err(e) => return Err(RuntimeError::BadRequest(format!("invalid JSON body: {e}"))),
         }
     } else if ctype.is_empty() || ctype.starts_with("application/x-www-form-urlencoded") {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|e| ApiError::BadRequest(format!("form body: {e}")))?;
+            .map_err(|e| RuntimeError::BadRequest(format!("form body: {e}")))?;
         out.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))));
     } else {
-        return Err(ApiError::BadRequest(format!(
+        return Err(RuntimeError::BadRequest(format!(
             "unsupported content type \"{ctype}\" (use application/x-www-form-urlencoded or application/json)"
         )));
     }
@@ -206,17 +214,17 @@ async fn start(State(s): State<AppState>, headers: HeaderMap, uri: Uri, body: By
         };
         let src = match take(&mut p, "src") {
             Some(Value::String(s)) => s,
-            Some(_) => return Err(ApiError::BadRequest("src must be a string".into())),
-            None => return Err(ApiError::BadRequest("src is required".into())),
+            Some(_) => return Err(RuntimeError::BadRequest("src must be a string".into())),
+            None => return Err(RuntimeError::BadRequest("src is required".into())),
         };
         let idealtime = match take(&mut p, "idealtime") {
             None => None,
             Some(Value::Number(n)) => n.as_u64(),
             Some(Value::String(x)) => Some(x.trim().parse::<u64>().map_err(|_| {
-                ApiError::BadRequest(format!("idealtime \"{x}\" is not epoch milliseconds"))
+                RuntimeError::BadRequest(format!("idealtime \"{x}\" is not epoch milliseconds"))
             })?),
             Some(_) => {
-                return Err(ApiError::BadRequest(
+                return Err(RuntimeError::BadRequest(
                     "idealtime must be epoch milliseconds".into(),
                 ));
             }
@@ -239,7 +247,7 @@ async fn start(State(s): State<AppState>, headers: HeaderMap, uri: Uri, body: By
             }
             resp
         }
-        Err(e) => api_error(e),
+        Err(e) => runtime_error(e),
     }
 }
 
@@ -261,7 +269,7 @@ async fn event(
     match r {
         Ok(()) => axum::Json(json!({ "sessionid": id, "event": name, "status": "processed" }))
             .into_response(),
-        Err(e) => api_error(e),
+        Err(e) => runtime_error(e),
     }
 }
 
@@ -287,7 +295,7 @@ async fn request(
             "params": resp.params,
         }))
         .into_response(),
-        Err(e) => api_error(e),
+        Err(e) => runtime_error(e),
     }
 }
 
@@ -297,7 +305,7 @@ async fn query(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     observe("query", t);
     match r {
         Ok(q) => axum::Json(q).into_response(),
-        Err(e) => api_error(e),
+        Err(e) => runtime_error(e),
     }
 }
 
@@ -307,7 +315,7 @@ async fn terminate(State(s): State<AppState>, Path(id): Path<String>) -> Respons
     observe("terminate", t);
     match r {
         Ok(()) => axum::Json(json!({ "sessionid": id, "terminated": true })).into_response(),
-        Err(e) => api_error(e),
+        Err(e) => runtime_error(e),
     }
 }
 
@@ -338,7 +346,7 @@ async fn basichttp(
     observe("basichttp", t);
     match r {
         Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => api_error(e),
+        Err(e) => runtime_error(e),
     }
 }
 

@@ -4,14 +4,9 @@
 //! sending session. A target that is a session of this server is delivered directly, in
 //! order, with the same encoding and `_event.raw` an HTTP round trip would give.
 
-use std::sync::Arc;
-
 use ors_scxml::Event;
 use ors_scxml::model::Content;
 use serde_json::{Map, Value};
-
-use crate::Shared;
-use crate::worker::Command;
 
 fn form_value(v: &Value) -> String {
     match v {
@@ -91,12 +86,10 @@ pub fn receive(method: &str, body: &str, raw: String) -> Event {
     ev
 }
 
-/// The session a URL addresses if it is this server's BasicHTTP location of a session.
-pub(crate) fn local_target(shared: &Shared, target: &str) -> Option<String> {
-    let base = format!(
-        "{}/scxml/session/",
-        shared.cfg.external_url.trim_end_matches('/')
-    );
+/// The session a URL addresses if it is a BasicHTTP location of a session of the server
+/// reached at `external_url`.
+pub(crate) fn local_target(external_url: &str, target: &str) -> Option<String> {
+    let base = format!("{}/scxml/session/", external_url.trim_end_matches('/'));
     let sid = target.strip_prefix(&base)?.strip_suffix("/basichttp")?;
     (!sid.is_empty() && !sid.contains('/')).then(|| sid.to_string())
 }
@@ -117,30 +110,21 @@ pub(crate) fn loopback(target: &str, event: &Event) -> Event {
     ev
 }
 
-pub(crate) fn send(shared: Arc<Shared>, from: String, target: String, event: Event) {
-    let handle = shared.handle.clone();
-    handle.spawn(async move {
-        let body = encode(&event);
-        let req = shared
-            .http
-            .post(&target)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
-        let failure = match req.send().await {
-            Ok(r) if r.status().is_success() => None,
-            Ok(r) => Some(format!("{target} answered HTTP {}", r.status())),
-            Err(e) => Some(format!("POST {target} failed: {e}")),
-        };
-        if let Some(msg) = failure {
-            tracing::info!(session = %from, "{msg}");
-            let cmd = Command::Event {
-                sid: from.clone(),
-                event: Event::error_communication(event.sendid.clone(), &msg),
-                reply: None,
-            };
-            let _ = shared.send(&from, cmd).await;
-        }
-    });
+/// POSTs the event to `target`; the error says why it was not delivered.
+pub(crate) async fn post(
+    client: &reqwest::Client,
+    target: &str,
+    event: &Event,
+) -> Result<(), String> {
+    let req = client
+        .post(target)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode(event));
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("{target} answered HTTP {}", r.status())),
+        Err(e) => Err(format!("POST {target} failed: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ pub struct RuntimeConfig {
     pub external_url: String,
     /// Largest document (bytes) fetched or compiled.
     pub max_document_bytes: usize,
+    /// How long fetching a document (or a BasicHTTP POST) may take.
     pub fetch_timeout: Duration,
+    /// Sessions in memory on this node before starts are refused as overloaded.
     pub max_sessions: usize,
     /// Events waiting per session.
     pub max_queue: usize,

@@ -16,7 +16,7 @@ use ors_store::SessionStore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ApiError;
+use crate::RuntimeError;
 
 #[derive(Serialize, Deserialize)]
 struct Bundle {
@@ -51,8 +51,8 @@ impl Loader for Prefetched<'_> {
     }
 }
 
-fn invalid(e: CompileError) -> ApiError {
-    ApiError::InvalidDocument(e.diagnostics)
+fn invalid(e: CompileError) -> RuntimeError {
+    RuntimeError::InvalidDocument(e.diagnostics)
 }
 
 impl Documents {
@@ -77,29 +77,31 @@ impl Documents {
     }
 
     /// Resolves `uri` against `base` (a file path or URL) into something fetchable.
-    fn resolve(&self, uri: &str, base: Option<&str>) -> Result<String, ApiError> {
+    fn resolve(&self, uri: &str, base: Option<&str>) -> Result<String, RuntimeError> {
         if uri.starts_with("http://") || uri.starts_with("https://") {
             return Ok(uri.to_string());
         }
         if let Some(b) = base.filter(|b| b.starts_with("http://") || b.starts_with("https://")) {
-            let base =
-                reqwest::Url::parse(b).map_err(|e| ApiError::BadRequest(format!("{b}: {e}")))?;
+            let base = reqwest::Url::parse(b)
+                .map_err(|e| RuntimeError::BadRequest(format!("{b}: {e}")))?;
             return base
                 .join(uri)
                 .map(|u| u.to_string())
-                .map_err(|e| ApiError::BadRequest(format!("{uri}: {e}")));
+                .map_err(|e| RuntimeError::BadRequest(format!("{uri}: {e}")));
         }
         let rel = uri
             .strip_prefix("file://")
             .or_else(|| uri.strip_prefix("file:"))
             .unwrap_or(uri);
         if rel.contains("://") {
-            return Err(ApiError::BadRequest(format!(
+            return Err(RuntimeError::BadRequest(format!(
                 "unsupported URL scheme in \"{uri}\""
             )));
         }
         let dir = self.dir.as_ref().ok_or_else(|| {
-            ApiError::BadRequest("no documents directory is configured for file documents".into())
+            RuntimeError::BadRequest(
+                "no documents directory is configured for file documents".into(),
+            )
         })?;
         let base_dir = base.map(Path::new).and_then(Path::parent).unwrap_or(dir);
         let p = if Path::new(rel).is_absolute() {
@@ -109,25 +111,23 @@ impl Documents {
         };
         let p = p
             .canonicalize()
-            .map_err(|e| ApiError::BadRequest(format!("document \"{uri}\": {e}")))?;
+            .map_err(|e| RuntimeError::BadRequest(format!("document \"{uri}\": {e}")))?;
         if !p.starts_with(dir) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(RuntimeError::BadRequest(format!(
                 "document \"{uri}\" is outside the documents directory"
             )));
         }
         Ok(p.display().to_string())
     }
 
-    async fn fetch(&self, location: &str) -> Result<String, ApiError> {
+    async fn fetch(&self, location: &str) -> Result<String, RuntimeError> {
         if location.starts_with("http://") || location.starts_with("https://") {
-            let resp = self
-                .http
-                .get(location)
-                .send()
-                .await
-                .map_err(|e| ApiError::BadRequest(format!("cannot fetch {location}: {e}")))?;
+            let resp =
+                self.http.get(location).send().await.map_err(|e| {
+                    RuntimeError::BadRequest(format!("cannot fetch {location}: {e}"))
+                })?;
             if !resp.status().is_success() {
-                return Err(ApiError::BadRequest(format!(
+                return Err(RuntimeError::BadRequest(format!(
                     "cannot fetch {location}: HTTP {}",
                     resp.status()
                 )));
@@ -136,7 +136,7 @@ impl Documents {
                 .content_length()
                 .is_some_and(|n| n as usize > self.max_bytes)
             {
-                return Err(ApiError::TooLarge(format!(
+                return Err(RuntimeError::TooLarge(format!(
                     "{location} is larger than {} bytes",
                     self.max_bytes
                 )));
@@ -144,28 +144,28 @@ impl Documents {
             let body = resp
                 .bytes()
                 .await
-                .map_err(|e| ApiError::BadRequest(format!("cannot fetch {location}: {e}")))?;
+                .map_err(|e| RuntimeError::BadRequest(format!("cannot fetch {location}: {e}")))?;
             if body.len() > self.max_bytes {
-                return Err(ApiError::TooLarge(format!(
+                return Err(RuntimeError::TooLarge(format!(
                     "{location} is larger than {} bytes",
                     self.max_bytes
                 )));
             }
             return String::from_utf8(body.to_vec())
-                .map_err(|_| ApiError::BadRequest(format!("{location} is not UTF-8 text")));
+                .map_err(|_| RuntimeError::BadRequest(format!("{location} is not UTF-8 text")));
         }
         let meta = tokio::fs::metadata(location)
             .await
-            .map_err(|e| ApiError::BadRequest(format!("{location}: {e}")))?;
+            .map_err(|e| RuntimeError::BadRequest(format!("{location}: {e}")))?;
         if meta.len() as usize > self.max_bytes {
-            return Err(ApiError::TooLarge(format!(
+            return Err(RuntimeError::TooLarge(format!(
                 "{location} is larger than {} bytes",
                 self.max_bytes
             )));
         }
         tokio::fs::read_to_string(location)
             .await
-            .map_err(|e| ApiError::BadRequest(format!("{location}: {e}")))
+            .map_err(|e| RuntimeError::BadRequest(format!("{location}: {e}")))
     }
 
     fn compile_bundle(
@@ -186,7 +186,7 @@ impl Documents {
     }
 
     /// Fetches, compiles and stores the document `src` names. Returns its hash.
-    pub async fn load(&self, src: &str) -> Result<(String, Arc<Document>), ApiError> {
+    pub async fn load(&self, src: &str) -> Result<(String, Arc<Document>), RuntimeError> {
         let location = self.resolve(src, None)?;
         let text = self.fetch(&location).await?;
         self.compile_text(src, Some(&location), text).await
@@ -198,7 +198,7 @@ impl Documents {
         source: &str,
         location: Option<&str>,
         text: String,
-    ) -> Result<(String, Arc<Document>), ApiError> {
+    ) -> Result<(String, Arc<Document>), RuntimeError> {
         let mut bundle = Bundle {
             source: source.to_string(),
             text,
@@ -246,7 +246,7 @@ impl Documents {
 
     /// The document stored under `hash` (`<parent hash>#<state>/<n>` names an inline
     /// `<invoke><content>` document of a stored one).
-    pub async fn get(&self, hash: &str) -> Result<Arc<Document>, ApiError> {
+    pub async fn get(&self, hash: &str) -> Result<Arc<Document>, RuntimeError> {
         if let Some(d) = self
             .by_hash
             .lock()
@@ -258,7 +258,7 @@ impl Documents {
         if let Some((parent, path)) = hash.rsplit_once('#') {
             let doc = Box::pin(self.get(parent)).await?;
             let inline = inline_document(&doc, path).ok_or_else(|| {
-                ApiError::Internal(format!("document {hash} has no such inline document"))
+                RuntimeError::Internal(format!("document {hash} has no such inline document"))
             })?;
             self.by_hash
                 .lock()
@@ -266,18 +266,18 @@ impl Documents {
                 .insert(hash.to_string(), inline.clone());
             return Ok(inline);
         }
-        let bytes =
-            self.store.get_document(hash).await?.ok_or_else(|| {
-                ApiError::Internal(format!("document {hash} is not in the store"))
-            })?;
-        let bundle: Bundle = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::Internal(format!("stored document {hash} is corrupt: {e}")))?;
+        let bytes = self.store.get_document(hash).await?.ok_or_else(|| {
+            RuntimeError::Internal(format!("document {hash} is not in the store"))
+        })?;
+        let bundle: Bundle = serde_json::from_slice(&bytes).map_err(|e| {
+            RuntimeError::Internal(format!("stored document {hash} is corrupt: {e}"))
+        })?;
         let loader = Prefetched {
             have: &bundle.resources,
             missing: RefCell::new(BTreeSet::new()),
         };
         let doc = self.compile_bundle(&bundle, &loader).map_err(|e| {
-            ApiError::Internal(format!("stored document {hash} no longer compiles: {e}"))
+            RuntimeError::Internal(format!("stored document {hash} no longer compiles: {e}"))
         })?;
         self.by_hash
             .lock()

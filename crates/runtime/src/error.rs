@@ -2,31 +2,46 @@ use ors_scxml::Diagnostic;
 
 /// Why a runtime call failed; the HTTP layer maps each kind to a status code.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ApiError {
+pub enum RuntimeError {
+    /// No such session (or it ended long enough ago to be forgotten).
     #[error("session {0} not found")]
     NotFound(String),
+    /// The caller's input is wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// The document does not compile; every problem with its position.
     #[error("invalid document")]
     InvalidDocument(Vec<Diagnostic>),
+    /// A document or request is over a size limit.
     #[error("{0}")]
     TooLarge(String),
+    /// A queue or the session limit is full; retry later.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// Nothing answered in time (a `<response>`).
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The session belongs to another node.
     #[error("session {session} is owned by node {node}")]
-    WrongNode { session: String, node: String },
+    WrongNode {
+        /// The session asked for.
+        session: String,
+        /// The node that owns it.
+        node: String,
+    },
+    /// The store failed or refused a write.
     #[error("store unavailable: {0}")]
     Store(String),
+    /// The runtime is stopping.
     #[error("shutting down")]
     ShuttingDown,
+    /// A bug or corrupt stored data.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
-impl From<ors_store::StoreError> for ApiError {
+impl From<ors_store::StoreError> for RuntimeError {
     fn from(e: ors_store::StoreError) -> Self {
-        ApiError::Store(e.to_string())
+        RuntimeError::Store(e.to_string())
     }
 }

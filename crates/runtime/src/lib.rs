@@ -1,65 +1,78 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 //!
 //! Sessions are single-owner actors on a fixed set of worker threads (the JS engine is not
-//! `Send`); a session lives on worker `hash(id) % workers`. Every external event runs to
-//! the end of its macrostep; then the session's snapshot is written to the store, and only
-//! then is the event acknowledged. A worker takes all the commands waiting for it, runs
-//! them, and writes every changed session in one `write_sessions` call (group commit), so
-//! no acknowledgement precedes its durable write.
+//! `Send`); a session lives on worker `hash(id) % workers`. Each worker drives an
+//! [`ors_scxml::host::SessionHost`] (the sans-IO host shared with `ors run`): it takes all
+//! the commands waiting for it, runs them, writes every changed session in one
+//! `write_sessions` call (group commit), and only then acknowledges and releases what the
+//! batch produced, so no acknowledgement precedes its durable write.
 //!
-//! Delayed `<send>`s, scheduled starts and lifetime limits are store schedule entries fired
-//! by the scheduler task, so they survive restarts. On start-up the node takes its lease
-//! (the fencing token for every write), reloads the sessions it owns and re-arms nothing
-//! by hand: their timers are already in the store.
+//! Delayed `<send>`s, scheduled starts and lifetime limits are jobs of `ors-scheduler`,
+//! fired by [`jobs`]'s `Fire` implementation. On start-up the node takes its lease (the
+//! fencing token for every session write), reloads the sessions it owns and re-arms
+//! nothing by hand: their timers are already in the store.
 
 mod basichttp;
 mod config;
 mod documents;
 mod error;
-mod scheduler;
+mod jobs;
+mod persist;
 mod worker;
+mod workers;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ors_scheduler::{Job, ScheduledStart, Scheduler, SchedulerConfig};
 use ors_scxml::Event;
-use ors_store::{Lease, ScheduleEntry, ScheduleKind, SessionStore};
-use serde::{Deserialize, Serialize};
+use ors_store::{Lease, SessionStore};
+use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use basichttp::receive as basichttp_event;
 pub use config::RuntimeConfig;
-pub use error::ApiError;
+pub use error::RuntimeError;
 
 use documents::Documents;
 use worker::Command;
+use workers::Workers;
 
 /// What `/query` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryResult {
+    /// The session's id.
     pub sessionid: String,
     /// Active atomic states, sorted (the final ones once done).
     pub configuration: Vec<String>,
     /// Every active state in document order.
     pub active_states: Vec<String>,
+    /// The datamodel's variables (`null` once the session is done).
     pub datamodel: Value,
+    /// Whether the session has ended.
     pub done: bool,
 }
 
 /// A `<response>` to a `/request`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResponseData {
+    /// `true` unless the document said `type="failure"` (or similar).
     pub positive: bool,
+    /// The document's `resultcode`, if any.
     pub resultcode: Option<String>,
+    /// The `<ors:param>`s.
     pub params: serde_json::Map<String, Value>,
 }
 
 /// What a session start needs.
 #[derive(Debug, Clone, Default)]
 pub struct StartRequest {
+    /// The document: a path or `file:` URL inside the documents directory, or an
+    /// `http(s)://` URL.
     pub src: String,
     /// Values for `<data>` items of the same id.
     pub params: Vec<(String, Value)>,
@@ -67,43 +80,72 @@ pub struct StartRequest {
     pub idealtime: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct ScheduledStart {
-    sessionid: String,
-    document: String,
-    params: Vec<(String, Value)>,
+/// `/request` calls waiting for their session's `<response>`, by request id.
+#[derive(Default)]
+struct PendingRequests(Mutex<HashMap<String, oneshot::Sender<ResponseData>>>);
+
+impl PendingRequests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<ResponseData>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn wait(&self, id: &str) -> oneshot::Receiver<ResponseData> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id.to_string(), tx);
+        rx
+    }
+    fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+    /// Answers a waiting request; `false` if nobody waits for it (any more).
+    fn answer(&self, id: &str, response: ResponseData) -> bool {
+        match self.lock().remove(id) {
+            Some(tx) => tx.send(response).is_ok(),
+            None => false,
+        }
+    }
 }
 
-struct Finished {
-    at: Instant,
-    configuration: Vec<String>,
+/// Sessions that ended recently, so `/query` can still tell their final configuration.
+struct FinishedSessions {
+    retention: Duration,
+    ended: Mutex<HashMap<String, (Instant, Vec<String>)>>,
 }
 
+impl FinishedSessions {
+    fn record(&self, sid: &str, configuration: Vec<String>) {
+        let mut f = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = self.retention;
+        f.retain(|_, (at, _)| at.elapsed() < keep);
+        f.insert(sid.to_string(), (Instant::now(), configuration));
+    }
+
+    fn get(&self, sid: &str) -> Option<Vec<String>> {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sid)
+            .filter(|(at, _)| at.elapsed() < self.retention)
+            .map(|(_, conf)| conf.clone())
+    }
+}
+
+/// What the runtime's parts share: set up once by [`Runtime::start`].
 pub(crate) struct Shared {
     cfg: RuntimeConfig,
     store: Arc<dyn SessionStore>,
     docs: Documents,
-    workers: Vec<mpsc::Sender<Command>>,
+    workers: Workers,
+    /// The node lease's fencing token, carried by every session write.
     fence: AtomicU64,
-    requests: Mutex<HashMap<String, oneshot::Sender<ResponseData>>>,
-    finished: Mutex<HashMap<String, Finished>>,
-    wake_scheduler: mpsc::UnboundedSender<u64>,
+    requests: PendingRequests,
+    finished: FinishedSessions,
+    scheduler: ors_scheduler::Waker,
+    /// The BasicHTTP processor's client.
     http: reqwest::Client,
-    handle: tokio::runtime::Handle,
-    live: AtomicUsize,
     next_id: AtomicU64,
 }
 
 impl Shared {
-    fn shard(&self, sid: &str) -> usize {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in sid.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        (h % self.workers.len() as u64) as usize
-    }
-
     fn fence(&self) -> u64 {
         self.fence.load(Ordering::SeqCst)
     }
@@ -118,47 +160,23 @@ impl Shared {
         format!("{}-{:x}{:06x}", self.cfg.node_id, t, n & 0xff_ffff)
     }
 
-    async fn send(&self, sid: &str, cmd: Command) -> Result<(), ApiError> {
-        let tx = &self.workers[self.shard(sid)];
-        tx.try_send(cmd).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                ApiError::Overloaded("worker queue is full".into())
-            }
-            mpsc::error::TrySendError::Closed(_) => ApiError::ShuttingDown,
-        })
-    }
-
-    fn finish(&self, sid: &str, configuration: Vec<String>) {
-        let mut f = self.finished.lock().unwrap_or_else(|p| p.into_inner());
-        let keep = self.cfg.finished_retention;
-        f.retain(|_, v| v.at.elapsed() < keep);
-        f.insert(
-            sid.to_string(),
-            Finished {
-                at: Instant::now(),
-                configuration,
-            },
-        );
-    }
-
-    fn finished(&self, sid: &str) -> Option<Vec<String>> {
-        self.finished
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sid)
-            .filter(|f| f.at.elapsed() < self.cfg.finished_retention)
-            .map(|f| f.configuration.clone())
-    }
-
-    fn check_owner(&self, sid: &str) -> Result<(), ApiError> {
+    fn check_owner(&self, sid: &str) -> Result<(), RuntimeError> {
         match owner_node(sid) {
             Some(node) if node == self.cfg.node_id => Ok(()),
-            Some(node) => Err(ApiError::WrongNode {
+            Some(node) => Err(RuntimeError::WrongNode {
                 session: sid.into(),
                 node: node.into(),
             }),
-            None => Err(ApiError::NotFound(sid.into())),
+            None => Err(RuntimeError::NotFound(sid.into())),
         }
+    }
+
+    /// The BasicHTTP location of a session of this server.
+    fn basichttp_location(&self, sid: &str) -> String {
+        format!(
+            "{}/scxml/session/{sid}/basichttp",
+            self.cfg.external_url.trim_end_matches('/')
+        )
     }
 }
 
@@ -173,6 +191,7 @@ pub struct Runtime {
     shared: Arc<Shared>,
     threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
     lease: Arc<Mutex<Option<Lease>>>,
+    scheduler: Arc<Mutex<Option<Scheduler>>>,
 }
 
 fn now_ms() -> u64 {
@@ -185,14 +204,14 @@ impl Runtime {
     pub async fn start(
         cfg: RuntimeConfig,
         store: Arc<dyn SessionStore>,
-    ) -> Result<Runtime, ApiError> {
+    ) -> Result<Runtime, RuntimeError> {
         if cfg.node_id.is_empty()
             || !cfg
                 .node_id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return Err(ApiError::BadRequest(format!(
+            return Err(RuntimeError::BadRequest(format!(
                 "node id \"{}\" must be letters, digits and _",
                 cfg.node_id
             )));
@@ -208,14 +227,9 @@ impl Runtime {
         } else {
             cfg.workers
         };
-        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
-        let mut senders = Vec::new();
-        let mut receivers = Vec::new();
-        for _ in 0..n {
-            let (tx, rx) = mpsc::channel(cfg.worker_queue.max(1));
-            senders.push(tx);
-            receivers.push(rx);
-        }
+        let (workers, inboxes) = Workers::new(n, cfg.worker_queue);
+        let (waker, wakes) = ors_scheduler::waker();
+        let finished_retention = cfg.finished_retention;
         let docs = Documents::new(
             store.clone(),
             cfg.documents_dir.clone(),
@@ -226,99 +240,105 @@ impl Runtime {
             http: reqwest::Client::builder()
                 .timeout(cfg.fetch_timeout)
                 .build()
-                .map_err(|e| ApiError::Internal(e.to_string()))?,
+                .map_err(|e| RuntimeError::Internal(e.to_string()))?,
             cfg,
             store,
             docs,
-            workers: senders,
+            workers,
             fence: AtomicU64::new(lease.token),
-            requests: Mutex::new(HashMap::new()),
-            finished: Mutex::new(HashMap::new()),
-            wake_scheduler: wake_tx,
-            handle: tokio::runtime::Handle::current(),
-            live: AtomicUsize::new(0),
+            requests: PendingRequests::default(),
+            finished: FinishedSessions {
+                retention: finished_retention,
+                ended: Mutex::default(),
+            },
+            scheduler: waker.clone(),
             next_id: AtomicU64::new(0),
         });
+        let main = tokio::runtime::Handle::current();
         let mut threads = Vec::new();
-        for (i, rx) in receivers.into_iter().enumerate() {
+        for (i, inbox) in inboxes.into_iter().enumerate() {
             let s = shared.clone();
+            let main = main.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ors-worker-{i}"))
-                    .spawn(move || worker::run(s, i, rx))
-                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+                    .spawn(move || worker::run(s, i, inbox, main))
+                    .map_err(|e| RuntimeError::Internal(e.to_string()))?,
             );
         }
         let rt = Runtime {
             shared: shared.clone(),
             threads: Arc::new(Mutex::new(threads)),
             lease: Arc::new(Mutex::new(Some(lease))),
+            scheduler: Arc::default(),
         };
-        tokio::spawn(scheduler::run(rt.clone(), wake_rx));
+        let scheduler = Scheduler::spawn(
+            shared.store.clone(),
+            Arc::new(jobs::JobRunner::new(rt.clone())),
+            SchedulerConfig {
+                claimer: shared.cfg.node_id.clone(),
+                poll: shared.cfg.schedule_poll,
+                ..SchedulerConfig::default()
+            },
+            waker,
+            wakes,
+        );
+        *rt.scheduler.lock().unwrap_or_else(|p| p.into_inner()) = Some(scheduler);
         tokio::spawn(renew_lease(rt.clone()));
         // Recovery: every session this node owns is reloaded (and told session.recovered
         // where its document asks); requests meanwhile load sessions on demand.
         let ids = shared.store.node_sessions(&shared.cfg.node_id).await?;
         tracing::info!(sessions = ids.len(), node = %shared.cfg.node_id, "recovering sessions");
         for sid in ids {
-            let s = shared.clone();
-            let cmd = Command::Recover { sid: sid.clone() };
-            let tx = s.workers[s.shard(&sid)].clone();
-            let _ = tx.send(cmd).await;
+            shared
+                .workers
+                .send_internal(&sid, Command::Recover { sid: sid.clone() });
         }
         Ok(rt)
     }
 
+    /// This node's id (the prefix of its session ids).
     pub fn node_id(&self) -> &str {
         &self.shared.cfg.node_id
     }
 
+    /// The configuration the runtime was started with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.shared.cfg
     }
 
     /// Sessions in memory on this node.
     pub fn live_sessions(&self) -> usize {
-        self.shared.live.load(Ordering::Relaxed)
+        self.shared.workers.live_sessions()
     }
 
     /// Starts a session (now, or at `idealtime`); returns its id once it is durable.
-    pub async fn start_session(&self, req: StartRequest) -> Result<String, ApiError> {
+    pub async fn start_session(&self, req: StartRequest) -> Result<String, RuntimeError> {
         if req.src.trim().is_empty() {
-            return Err(ApiError::BadRequest("src is required".into()));
+            return Err(RuntimeError::BadRequest("src is required".into()));
         }
         if self.live_sessions() >= self.shared.cfg.max_sessions {
-            return Err(ApiError::Overloaded(format!(
+            return Err(RuntimeError::Overloaded(format!(
                 "this node runs its maximum of {} sessions",
                 self.shared.cfg.max_sessions
             )));
         }
-        let (hash, doc) = self.shared.docs.load(&req.src).await?;
+        let (document, doc) = self.shared.docs.load(&req.src).await?;
         let sid = self.shared.new_session_id();
         let allowance = self.shared.cfg.schedule_allowance.as_millis() as u64;
         if let Some(at) = req.idealtime
             && at > now_ms() + allowance
         {
-            let payload = serde_json::to_vec(&ScheduledStart {
-                sessionid: sid.clone(),
-                document: hash,
+            let job = Job::Start(ScheduledStart {
+                session: sid.clone(),
+                document,
                 params: req.params,
-            })
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-            self.shared
-                .store
-                .put_schedule(&ScheduleEntry {
-                    id: format!("{sid}#start"),
-                    session: None,
-                    due_ms: at,
-                    kind: ScheduleKind::StartSession,
-                    payload,
-                })
-                .await?;
-            let _ = self.shared.wake_scheduler.send(at);
+            });
+            self.shared.store.put_schedule(&job.entry(at)).await?;
+            self.shared.scheduler.wake_at(at);
             return Ok(sid);
         }
-        self.start_prepared(sid.clone(), hash, doc, req.params)
+        self.start_prepared(sid.clone(), document, doc, req.params)
             .await?;
         Ok(sid)
     }
@@ -326,44 +346,42 @@ impl Runtime {
     async fn start_prepared(
         &self,
         sid: String,
-        hash: String,
+        document: String,
         doc: Arc<ors_scxml::Document>,
         params: Vec<(String, Value)>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RuntimeError> {
         let (tx, rx) = oneshot::channel();
         let cmd = Command::Start {
             sid: sid.clone(),
             doc,
-            hash,
+            document,
             params,
             parent: None,
             reply: Some(tx),
         };
-        self.shared.send(&sid, cmd).await?;
-        rx.await.map_err(|_| ApiError::ShuttingDown)?
+        self.shared.workers.send(&sid, cmd)?;
+        rx.await.map_err(|_| RuntimeError::ShuttingDown)?
     }
 
     /// Queues an event; returns once its macrostep ran and the result is durable.
-    pub async fn send_event(&self, sid: &str, event: Event) -> Result<(), ApiError> {
+    pub async fn send_event(&self, sid: &str, event: Event) -> Result<(), RuntimeError> {
         self.shared.check_owner(sid)?;
         if event.name.is_empty() || event.name.split('.').any(str::is_empty) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(RuntimeError::BadRequest(format!(
                 "\"{}\" is not a valid event name",
                 event.name
             )));
         }
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .send(
-                sid,
-                Command::Event {
-                    sid: sid.to_string(),
-                    event,
-                    reply: Some(tx),
-                },
-            )
-            .await?;
-        rx.await.map_err(|_| ApiError::ShuttingDown)?
+        self.shared.workers.send(
+            sid,
+            Command::Event {
+                sid: sid.to_string(),
+                event,
+                reply: tx,
+            },
+        )?;
+        rx.await.map_err(|_| RuntimeError::ShuttingDown)?
     }
 
     /// Sends an event and waits for the session's `<response>` to it.
@@ -372,86 +390,69 @@ impl Runtime {
         sid: &str,
         mut event: Event,
         timeout: Option<Duration>,
-    ) -> Result<ResponseData, ApiError> {
+    ) -> Result<ResponseData, RuntimeError> {
         let requestid = format!("req-{}", self.shared.new_session_id());
         event.sendid = Some(requestid.clone());
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(requestid.clone(), tx);
-        let forget = || {
-            self.shared
-                .requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&requestid);
-        };
+        let response = self.shared.requests.wait(&requestid);
         if let Err(e) = self.send_event(sid, event).await {
-            forget();
+            self.shared.requests.forget(&requestid);
             return Err(e);
         }
         let wait = timeout.unwrap_or(self.shared.cfg.request_timeout);
-        match tokio::time::timeout(wait, rx).await {
+        match tokio::time::timeout(wait, response).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(ApiError::ShuttingDown),
+            Ok(Err(_)) => Err(RuntimeError::ShuttingDown),
             Err(_) => {
-                forget();
-                Err(ApiError::Timeout(format!(
+                self.shared.requests.forget(&requestid);
+                Err(RuntimeError::Timeout(format!(
                     "no <response> to {requestid} within {wait:?}"
                 )))
             }
         }
     }
 
-    pub async fn query(&self, sid: &str) -> Result<QueryResult, ApiError> {
+    /// The session's active states and datamodel (or its final configuration if it ended
+    /// recently).
+    pub async fn query(&self, sid: &str) -> Result<QueryResult, RuntimeError> {
         self.shared.check_owner(sid)?;
-        if let Some(conf) = self.shared.finished(sid) {
-            return Ok(QueryResult {
-                sessionid: sid.into(),
-                configuration: conf,
-                active_states: Vec::new(),
-                datamodel: Value::Null,
-                done: true,
-            });
+        if let Some(conf) = self.shared.finished.get(sid) {
+            return Ok(QueryResult::finished(sid, conf));
         }
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .send(
-                sid,
-                Command::Query {
-                    sid: sid.to_string(),
-                    reply: tx,
-                },
-            )
-            .await?;
-        rx.await.map_err(|_| ApiError::ShuttingDown)?
+        self.shared.workers.send(
+            sid,
+            Command::Query {
+                sid: sid.to_string(),
+                reply: tx,
+            },
+        )?;
+        rx.await.map_err(|_| RuntimeError::ShuttingDown)?
     }
 
-    pub async fn terminate(&self, sid: &str) -> Result<(), ApiError> {
+    /// Ends the session (as `<cancel>` of an invoked child would); returns once durable.
+    pub async fn terminate(&self, sid: &str) -> Result<(), RuntimeError> {
         self.shared.check_owner(sid)?;
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .send(
-                sid,
-                Command::Terminate {
-                    sid: sid.to_string(),
-                    reply: Some(tx),
-                },
-            )
-            .await?;
-        rx.await.map_err(|_| ApiError::ShuttingDown)?
+        self.shared.workers.send(
+            sid,
+            Command::Terminate {
+                sid: sid.to_string(),
+                reply: Some(tx),
+            },
+        )?;
+        rx.await.map_err(|_| RuntimeError::ShuttingDown)?
     }
 
-    /// Stops the workers after they finish what they have; flushes; releases the lease.
+    /// Stops the scheduler, then the workers after they finish what they have; flushes;
+    /// releases the lease.
     pub async fn shutdown(&self) {
-        for tx in &self.shared.workers {
-            let (rtx, rrx) = oneshot::channel();
-            if tx.send(Command::Shutdown { reply: rtx }).await.is_ok() {
-                let _ = rrx.await;
-            }
-        }
+        drop(
+            self.scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        self.shared.workers.shutdown().await;
         let threads: Vec<_> =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
@@ -464,10 +465,22 @@ impl Runtime {
     }
 }
 
+impl QueryResult {
+    fn finished(sid: &str, configuration: Vec<String>) -> QueryResult {
+        QueryResult {
+            sessionid: sid.into(),
+            configuration,
+            active_states: Vec::new(),
+            datamodel: Value::Null,
+            done: true,
+        }
+    }
+}
+
 async fn acquire_node_lease(
     store: &Arc<dyn SessionStore>,
     cfg: &RuntimeConfig,
-) -> Result<Lease, ApiError> {
+) -> Result<Lease, RuntimeError> {
     let name = format!("node:{}", cfg.node_id);
     let holder = format!("{}:{}", cfg.node_id, std::process::id());
     let ttl = cfg.lease_ttl.as_millis() as u64;
@@ -477,7 +490,7 @@ async fn acquire_node_lease(
             return Ok(l);
         }
         if Instant::now() > deadline {
-            return Err(ApiError::Store(format!(
+            return Err(RuntimeError::Store(format!(
                 "the lease {name} is held by another process; is node {} running elsewhere?",
                 cfg.node_id
             )));

@@ -1,38 +1,61 @@
-//! A worker thread: owns its sessions (and their JS state), runs commands in batches and
-//! persists each batch with one store call before acknowledging any of it.
+//! A worker thread: the async shell around a [`SessionHost`]. It owns its sessions (and
+//! their JS state), feeds the host the commands waiting for it, carries out the host's
+//! outputs (loading sessions and documents, routing to other workers), persists the batch
+//! with [`persist`], and only then acknowledges and releases what the batch produced.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ors_scxml::event::{BASIC_HTTP_PROCESSOR, SCXML_PROCESSOR, SendTarget};
-use ors_scxml::{
-    Document, Effect, Event, InvokeSource, Session, SessionLimits, Snapshot, SystemVars,
-};
-use ors_store::{ScheduleEntry, ScheduleKind, SessionWrite, StoreError};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use ors_scheduler::Job;
+use ors_scxml::event::{BASIC_HTTP_PROCESSOR, SendTarget};
+use ors_scxml::host::{CANCELLED, Hosted, Output, ParentLink, PushError, SessionHost};
+use ors_scxml::session::QueueError;
+use ors_scxml::{Document, Event, InvokeSource, Session, SessionLimits, SystemVars};
+use serde_json::Value;
+use tokio::sync::oneshot;
 
-use crate::{ApiError, QueryResult, ResponseData, Shared, now_ms};
+use crate::persist::{Plan, SnapshotWrite, StoredSession, persist};
+use crate::workers::{Inbox, shard_of};
+use crate::{QueryResult, ResponseData, RuntimeError, Shared, now_ms, owner_node};
 
-type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+type Reply<T> = oneshot::Sender<Result<T, RuntimeError>>;
+
+/// Commands in at most one batch; more wait for the next.
+const MAX_BATCH: usize = 1024;
+/// Macrosteps in one batch before the worker persists what it has and takes new commands
+/// (sessions that keep each other busy cannot starve the others).
+const MAX_STEPS: usize = 100_000;
 
 pub(crate) enum Command {
+    /// Start a session: a new one, or a child invoked by a session of another worker.
     Start {
         sid: String,
         doc: Arc<Document>,
-        hash: String,
+        /// The document's key in the store (a content hash, or `<parent>#<path>` for an
+        /// inline child document).
+        document: String,
         params: Vec<(String, Value)>,
-        /// `(parent session, invokeid)` for invoked children.
-        parent: Option<(String, String)>,
+        parent: Option<ParentLink>,
         reply: Option<Reply<()>>,
     },
+    /// An external event from outside; acknowledged once durable.
     Event {
         sid: String,
         event: Event,
-        reply: Option<Reply<()>>,
+        reply: Reply<()>,
+    },
+    /// An event from session `from` (on another worker) to `to`.
+    Deliver {
+        from: String,
+        to: String,
+        event: Event,
+    },
+    /// A send of `from` could not be delivered: raise `error.communication` in it.
+    Undeliverable {
+        from: String,
+        sendid: Option<String>,
+        reason: String,
     },
     Query {
         sid: String,
@@ -42,10 +65,11 @@ pub(crate) enum Command {
         sid: String,
         reply: Option<Reply<()>>,
     },
+    /// A delayed send is due; answered once its effect is durable.
     FireTimer {
         sid: String,
         timer: u64,
-        schedule_id: String,
+        reply: Reply<()>,
     },
     Recover {
         sid: String,
@@ -55,134 +79,130 @@ pub(crate) enum Command {
     },
 }
 
-/// What is stored for a session: the engine snapshot plus what the runtime keeps.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    snapshot: Snapshot,
-    parent: Option<(String, String)>,
-    children: BTreeMap<String, String>,
-    persist: bool,
-}
-
-struct Slot {
-    session: Session,
-    hash: String,
+/// What the worker keeps per session beside the engine's state.
+pub(crate) struct Slot {
+    /// The document's key in the store.
+    document: String,
     /// Store version; `None` until first written.
     version: Option<u64>,
     persist: bool,
-    parent: Option<(String, String)>,
-    children: BTreeMap<String, String>,
     last_active: Instant,
 }
 
-/// Work a batch produced that must wait for (or follow) the durable write.
+/// What a batch produced that waits for its durable write. Work for elsewhere is tagged
+/// with the session that produced it and released only if that session's state is
+/// durable (otherwise the session rolls back and will produce it again).
 #[derive(Default)]
-struct Outbox {
-    dirty: Vec<String>,
+struct Batch {
     acks: Vec<(String, Reply<()>)>,
-    finished: Vec<(String, Vec<String>)>,
-    schedule_puts: Vec<ScheduleEntry>,
-    schedule_deletes: Vec<String>,
-    remote: Vec<(String, Command)>,
+    plan: Plan,
+    ended: Vec<String>,
+    /// `(origin session or None, target session, command)`.
+    remote: Vec<(Option<String>, String, Command)>,
+    /// `(from, target URL, event)`: BasicHTTP sends to other servers.
     http: Vec<(String, String, Event)>,
 }
 
 struct Worker {
     shared: Arc<Shared>,
     me: usize,
-    sessions: HashMap<String, Slot>,
-    ready: VecDeque<String>,
+    host: SessionHost<Slot>,
+    /// The main runtime, where store calls run (see [`Worker::on_main`]).
+    main: tokio::runtime::Handle,
+    /// Schedule entries whose removal failed; retried with the next batch.
+    removals_left: Vec<String>,
 }
 
-pub(crate) fn run(shared: Arc<Shared>, me: usize, mut rx: mpsc::Receiver<Command>) {
+pub(crate) fn run(shared: Arc<Shared>, me: usize, mut inbox: Inbox, main: tokio::runtime::Handle) {
     ors_ecmascript::configure_thread(shared.cfg.js);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a current-thread tokio runtime");
+    let workers = shared.workers.count();
+    let node = shared.cfg.node_id.clone();
+    let ids = shared.clone();
+    let host = SessionHost::new(
+        Box::new(move |sid| owner_node(sid) == Some(node.as_str()) && shard_of(sid, workers) == me),
+        Box::new(move || ids.new_session_id()),
+    );
     let mut w = Worker {
         shared,
         me,
-        sessions: HashMap::new(),
-        ready: VecDeque::new(),
+        host,
+        main,
+        removals_left: Vec::new(),
     };
     rt.block_on(async {
         let mut idle_scan = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let first = tokio::select! {
-                c = rx.recv() => match c { Some(c) => c, None => break },
-                _ = idle_scan.tick() => { w.deactivate_idle(); continue; }
-            };
-            let mut batch = vec![first];
-            while batch.len() < 1024 {
-                match rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
+            let mut commands = Vec::new();
+            // Sessions left ready by a batch that hit MAX_STEPS run on without waiting.
+            if !w.host.has_ready() {
+                tokio::select! {
+                    biased;
+                    c = inbox.internal.recv() => commands.extend(c),
+                    c = inbox.api.recv() => commands.extend(c),
+                    _ = idle_scan.tick() => {
+                        w.deactivate_idle();
+                        continue;
+                    }
                 }
             }
-            let mut out = Outbox::default();
-            let mut shutdown = Vec::new();
-            for cmd in batch {
-                match cmd {
-                    Command::Shutdown { reply } => shutdown.push(reply),
-                    other => w.handle(other, &mut out).await,
-                }
+            while commands.len() < MAX_BATCH
+                && let Ok(c) = inbox.internal.try_recv()
+            {
+                commands.push(c);
             }
-            w.run_ready(&mut out).await;
-            w.flush(out).await;
-            if !shutdown.is_empty() {
-                for r in shutdown {
-                    let _ = r.send(());
-                }
+            while commands.len() < MAX_BATCH
+                && let Ok(c) = inbox.api.try_recv()
+            {
+                commands.push(c);
+            }
+            if w.batch(commands).await {
                 break;
             }
         }
     });
     // Drop sessions (and their JS values) before the thread's JS runtime.
-    let n = w.sessions.len();
-    w.sessions.clear();
-    w.shared.live.fetch_sub(n, Ordering::Relaxed);
+    w.host.retain(|_, _| false);
+    w.shared.workers.set_live(w.me, 0);
     ors_ecmascript::release_thread();
 }
 
-fn system_vars(shared: &Shared, sid: &str, doc: &Document) -> SystemVars {
-    let http = format!(
-        "{}/scxml/session/{sid}/basichttp",
-        shared.cfg.external_url.trim_end_matches('/')
-    );
-    SystemVars {
-        sessionid: sid.to_string(),
-        name: doc.name.as_deref().map(String::from),
-        ioprocessors: json!({
-            SCXML_PROCESSOR: { "location": format!("#_scxml_{sid}") },
-            "scxml": { "location": format!("#_scxml_{sid}") },
-            BASIC_HTTP_PROCESSOR: { "location": http },
-            "basichttp": { "location": http },
-        }),
-    }
-}
-
 impl Worker {
-    fn datamodel(&self, sid: &str, doc: &Arc<Document>) -> Box<dyn ors_scxml::Datamodel> {
-        ors_ecmascript::datamodel_for(doc, &system_vars(&self.shared, sid, doc))
+    /// Runs one batch: commands, macrosteps, the durable write, then acknowledgements.
+    /// Returns `true` when the worker was asked to stop.
+    async fn batch(&mut self, commands: Vec<Command>) -> bool {
+        let mut batch = Batch::default();
+        let mut stop = Vec::new();
+        for cmd in commands {
+            match cmd {
+                Command::Shutdown { reply } => stop.push(reply),
+                other => self.handle(other, &mut batch).await,
+            }
+        }
+        self.drive(&mut batch).await;
+        self.flush(batch).await;
+        let stopping = !stop.is_empty();
+        for r in stop {
+            let _ = r.send(());
+        }
+        stopping
     }
 
-    fn new_session(&self, sid: &str, doc: &Arc<Document>) -> Session {
-        self.prepare(Session::new(doc.clone(), self.datamodel(sid, doc), sid))
+    fn holds(&self, sid: &str) -> bool {
+        owner_node(sid) == Some(self.shared.cfg.node_id.as_str())
+            && self.shared.workers.shard(sid) == self.me
     }
 
-    /// What every session of this runtime gets, new or restored: its limits and the
-    /// host's routing hooks.
+    /// A session of this runtime, new or restored: its limits and the host's hooks.
     fn prepare(&self, s: Session) -> Session {
         let mut s = s.with_limits(SessionLimits {
             max_queue: self.shared.cfg.max_queue,
             ..SessionLimits::default()
         });
-        let own = format!(
-            "{}/scxml/session/{}/basichttp",
-            self.shared.cfg.external_url.trim_end_matches('/'),
-            s.id()
-        );
+        let own = self.shared.basichttp_location(s.id());
         s.set_loopback(Box::new(move |target, event| {
             (target == own).then(|| crate::basichttp::loopback(target, event))
         }));
@@ -190,157 +210,190 @@ impl Worker {
         // refused at once; whether a local id exists is known only on delivery.
         let node = self.shared.cfg.node_id.clone();
         s.set_target_check(Box::new(move |target| match SendTarget::parse(target) {
-            SendTarget::Session(id) => crate::owner_node(id) == Some(node.as_str()),
+            SendTarget::Session(id) => owner_node(id) == Some(node.as_str()),
             _ => true,
         }));
         s
     }
 
-    fn persist_flag(&self, doc: &Document) -> bool {
-        doc.persist.unwrap_or(self.shared.cfg.persistence_default)
+    fn datamodel(&self, sid: &str, doc: &Arc<Document>) -> Box<dyn ors_scxml::Datamodel> {
+        let http = self.shared.basichttp_location(sid);
+        ors_ecmascript::datamodel_for(doc, &SystemVars::new(sid, doc, Some(&http)))
     }
 
-    /// Loads a session from the store into this worker (if it is not in memory).
-    async fn ensure_loaded(&mut self, sid: &str) -> Result<(), ApiError> {
-        if self.sessions.contains_key(sid) {
-            return Ok(());
-        }
+    /// Runs a store call on the main runtime and waits for it.
+    ///
+    /// Why there: the store clients (fred's connections, cdrs-tokio's sessions) are
+    /// created on the main runtime, whose threads drive their I/O; this worker's
+    /// current-thread runtime only runs while the worker is not busy with JS.
+    async fn on_main<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        self.main
+            .spawn(call)
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))
+    }
+
+    /// Reads a session of this worker from the store and restores it.
+    async fn load(&self, sid: &str) -> Result<Hosted<Slot>, RuntimeError> {
         self.shared.check_owner(sid)?;
         let store = self.shared.store.clone();
         let id = sid.to_string();
         let rec = self
-            .shared
-            .handle
-            .spawn(async move { store.read_session(&id).await })
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??;
-        let Some(rec) = rec else {
-            return Err(ApiError::NotFound(sid.to_string()));
-        };
+            .on_main(async move { store.read_session(&id).await })
+            .await??
+            .ok_or_else(|| RuntimeError::NotFound(sid.to_string()))?;
         if rec.node != self.shared.cfg.node_id {
-            return Err(ApiError::WrongNode {
+            return Err(RuntimeError::WrongNode {
                 session: sid.into(),
                 node: rec.node,
             });
         }
-        let stored: Stored = serde_json::from_slice(&rec.snapshot).map_err(|e| {
-            ApiError::Internal(format!("session {sid} has a corrupt snapshot: {e}"))
+        let stored = StoredSession::decode(&rec.snapshot).map_err(|e| {
+            RuntimeError::Internal(format!("session {sid} has a corrupt snapshot: {e}"))
         })?;
         let doc = self.shared.docs.get(&rec.document).await?;
         let dm = self.datamodel(sid, &doc);
-        let session = Session::restore(doc, dm, &stored.snapshot)
-            .map_err(|e| ApiError::Internal(format!("session {sid} cannot be restored: {e}")))?;
-        let session = self.prepare(session);
-        self.sessions.insert(
-            sid.to_string(),
-            Slot {
-                session,
-                hash: rec.document,
+        let session = Session::restore(doc, dm, &stored.snapshot).map_err(|e| {
+            RuntimeError::Internal(format!("session {sid} cannot be restored: {e}"))
+        })?;
+        Ok(Hosted {
+            session: self.prepare(session),
+            parent: stored.parent_link(),
+            children: stored.children,
+            meta: Slot {
+                document: rec.document,
                 version: Some(rec.version),
                 persist: stored.persist,
-                parent: stored.parent,
-                children: stored.children,
                 last_active: Instant::now(),
             },
-        );
-        self.shared.live.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// Makes sure a session of this worker is in memory.
+    async fn ensure_loaded(&mut self, sid: &str) -> Result<(), RuntimeError> {
+        if self.host.contains(sid) {
+            return Ok(());
+        }
+        let hosted = self.load(sid).await?;
+        self.host.insert(hosted);
         Ok(())
     }
 
-    async fn handle(&mut self, cmd: Command, out: &mut Outbox) {
+    /// `NotFound` for a session that ended recently says so.
+    fn explain(&self, sid: &str, e: RuntimeError) -> RuntimeError {
+        match e {
+            RuntimeError::NotFound(_) if self.shared.finished.get(sid).is_some() => {
+                RuntimeError::NotFound(format!("{sid} (it has ended)"))
+            }
+            e => e,
+        }
+    }
+
+    fn start(
+        &mut self,
+        sid: String,
+        doc: Arc<Document>,
+        document: String,
+        params: &[(String, Value)],
+        parent: Option<ParentLink>,
+        batch: &mut Batch,
+    ) {
+        let dm = self.datamodel(&sid, &doc);
+        let session = self.prepare(Session::new(doc.clone(), dm, sid.clone()));
+        let slot = Slot {
+            document,
+            version: None,
+            persist: doc.persist.unwrap_or(self.shared.cfg.persistence_default),
+            last_active: Instant::now(),
+        };
+        if self.host.start(session, params, parent, slot, now_ms())
+            && let Some(life) = self.shared.cfg.max_session_lifetime
+        {
+            let job = Job::Lifetime {
+                session: sid.clone(),
+            };
+            let due = now_ms() + life.as_millis() as u64;
+            batch.plan.schedule_puts.push((sid, job.entry(due)));
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command, batch: &mut Batch) {
         match cmd {
             Command::Start {
                 sid,
                 doc,
-                hash,
+                document,
                 params,
                 parent,
                 reply,
             } => {
-                let mut session = self.new_session(&sid, &doc);
-                let persist = self.persist_flag(&doc);
-                let fx = session.start(now_ms(), &params);
-                self.sessions.insert(
-                    sid.clone(),
-                    Slot {
-                        session,
-                        hash,
-                        version: None,
-                        persist,
-                        parent,
-                        children: BTreeMap::new(),
-                        last_active: Instant::now(),
-                    },
-                );
-                self.shared.live.fetch_add(1, Ordering::Relaxed);
-                if let Some(life) = self.shared.cfg.max_session_lifetime {
-                    out.schedule_puts.push(ScheduleEntry {
-                        id: format!("{sid}#lifetime"),
-                        session: Some(sid.clone()),
-                        due_ms: now_ms() + life.as_millis() as u64,
-                        kind: ScheduleKind::TerminateSession,
-                        payload: Vec::new(),
-                    });
-                }
-                out.dirty.push(sid.clone());
-                // Events the session sent itself while starting run in this batch too.
-                self.ready.push_back(sid.clone());
-                self.effects(&sid, fx, out).await;
+                self.start(sid.clone(), doc, document, &params, parent, batch);
                 if let Some(r) = reply {
-                    out.acks.push((sid, r));
+                    batch.acks.push((sid, r));
                 }
             }
-            Command::Event { sid, event, reply } => match self.ensure_loaded(&sid).await {
-                Ok(()) => {
-                    let slot = self.sessions.get_mut(&sid).expect("loaded");
-                    slot.last_active = Instant::now();
-                    match slot.session.push_external(event) {
-                        Ok(()) => {
-                            self.ready.push_back(sid.clone());
-                            if let Some(r) = reply {
-                                out.acks.push((sid, r));
-                            }
+            Command::Event { sid, event, reply } => {
+                if let Err(e) = self.ensure_loaded(&sid).await {
+                    let _ = reply.send(Err(self.explain(&sid, e)));
+                    return;
+                }
+                match self.host.push(&sid, event) {
+                    Ok(()) => {
+                        if let Some(h) = self.host.get_mut(&sid) {
+                            h.meta.last_active = Instant::now();
                         }
-                        Err(e) => {
-                            if let Some(r) = reply {
-                                let _ = r.send(Err(ApiError::Overloaded(e.to_string())));
-                            }
-                        }
+                        batch.acks.push((sid, reply));
+                    }
+                    Err(PushError::Queue(QueueError::Ended)) => {
+                        let _ = reply
+                            .send(Err(RuntimeError::NotFound(format!("{sid} (it has ended)"))));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RuntimeError::Overloaded(e.to_string())));
                     }
                 }
-                Err(e) => {
-                    let e = match (e, self.shared.finished(&sid)) {
-                        (ApiError::NotFound(_), Some(_)) => {
-                            ApiError::NotFound(format!("{sid} (it has ended)"))
-                        }
-                        (e, _) => e,
+            }
+            Command::Deliver { from, to, event } => {
+                let sendid = event.sendid.clone();
+                let result = match self.ensure_loaded(&to).await {
+                    Ok(()) => self.host.push(&to, event).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(reason) = result {
+                    let back = Command::Undeliverable {
+                        from: from.clone(),
+                        sendid,
+                        reason,
                     };
-                    if let Some(r) = reply {
-                        let _ = r.send(Err(e));
-                    }
+                    batch.remote.push((None, from, back));
                 }
-            },
+            }
+            Command::Undeliverable {
+                from,
+                sendid,
+                reason,
+            } => {
+                if self.ensure_loaded(&from).await.is_ok() {
+                    self.host.report_undeliverable(&from, sendid, &reason);
+                }
+            }
             Command::Query { sid, reply } => {
                 let r = match self.ensure_loaded(&sid).await {
                     Ok(()) => {
-                        let slot = self.sessions.get_mut(&sid).expect("loaded");
-                        let datamodel = slot.session.datamodel_json().unwrap_or(Value::Null);
+                        let h = self.host.get_mut(&sid).expect("loaded");
                         Ok(QueryResult {
                             sessionid: sid.clone(),
-                            configuration: slot.session.active_atomic_states(),
-                            active_states: slot.session.active_states(),
-                            datamodel,
-                            done: slot.session.is_done(),
+                            configuration: h.session.active_atomic_states(),
+                            active_states: h.session.active_states(),
+                            datamodel: h.session.datamodel_json().unwrap_or(Value::Null),
+                            done: h.session.is_done(),
                         })
                     }
-                    Err(e) => match self.shared.finished(&sid) {
-                        Some(conf) => Ok(QueryResult {
-                            sessionid: sid.clone(),
-                            configuration: conf,
-                            active_states: Vec::new(),
-                            datamodel: Value::Null,
-                            done: true,
-                        }),
+                    Err(e) => match self.shared.finished.get(&sid) {
+                        Some(conf) => Ok(QueryResult::finished(&sid, conf)),
                         None => Err(e),
                     },
                 };
@@ -348,13 +401,9 @@ impl Worker {
             }
             Command::Terminate { sid, reply } => match self.ensure_loaded(&sid).await {
                 Ok(()) => {
-                    let slot = self.sessions.get_mut(&sid).expect("loaded");
-                    // A terminated (or cancelled) session sends its parent nothing more.
-                    slot.parent = None;
-                    let fx = slot.session.cancel(now_ms());
-                    self.effects(&sid, fx, out).await;
+                    self.host.cancel(&sid, now_ms());
                     if let Some(r) = reply {
-                        out.acks.push((sid, r));
+                        batch.acks.push((sid, r));
                     }
                 }
                 Err(e) => {
@@ -363,450 +412,312 @@ impl Worker {
                     }
                 }
             },
-            Command::FireTimer {
-                sid,
-                timer,
-                schedule_id,
-            } => {
-                match self.ensure_loaded(&sid).await {
-                    Ok(()) => {
-                        let slot = self.sessions.get_mut(&sid).expect("loaded");
-                        let fx = slot.session.fire_timer(timer, now_ms());
-                        self.ready.push_back(sid.clone());
-                        out.dirty.push(sid.clone());
-                        self.effects(&sid, fx, out).await;
-                    }
-                    Err(e) => {
-                        tracing::debug!(session = %sid, error = %e, "timer for a session that is gone")
-                    }
+            Command::FireTimer { sid, timer, reply } => match self.ensure_loaded(&sid).await {
+                Ok(()) => {
+                    self.host.fire_timer(&sid, timer, now_ms());
+                    batch.acks.push((sid, reply));
                 }
-                out.schedule_deletes.push(schedule_id);
-            }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Command::Recover { sid } => match self.ensure_loaded(&sid).await {
                 Ok(()) => {
-                    let slot = self.sessions.get_mut(&sid).expect("loaded");
-                    if slot.session.document().send_session_recovered {
-                        let _ = slot
-                            .session
-                            .push_external(Event::external("session.recovered", None));
-                        self.ready.push_back(sid.clone());
+                    let h = self.host.get(&sid).expect("loaded");
+                    if h.session.document().send_session_recovered {
+                        let _ = self
+                            .host
+                            .push(&sid, Event::external("session.recovered", None));
                     }
                 }
                 Err(e) => tracing::warn!(session = %sid, error = %e, "could not recover session"),
             },
-            Command::Shutdown { .. } => unreachable!("handled by the loop"),
+            Command::Shutdown { .. } => unreachable!("handled by the batch"),
         }
     }
 
-    /// Runs sessions with queued events (one macrostep per event) until none is left.
-    async fn run_ready(&mut self, out: &mut Outbox) {
-        let mut guard = 0;
-        while let Some(sid) = self.ready.pop_front() {
-            guard += 1;
-            if guard > 100_000 {
-                tracing::warn!("sessions on this worker keep each other busy; yielding");
-                break;
+    /// Runs the host until it is quiet, carrying out its outputs.
+    async fn drive(&mut self, batch: &mut Batch) {
+        let mut steps = 0;
+        loop {
+            steps += self.host.run(now_ms(), MAX_STEPS - steps);
+            let mut any = false;
+            while let Some(out) = self.host.poll_output() {
+                any = true;
+                self.carry_out(out, batch).await;
             }
-            let Some(slot) = self.sessions.get_mut(&sid) else {
-                continue;
-            };
-            if slot.session.queued() == 0 {
-                continue;
+            if steps >= MAX_STEPS {
+                tracing::warn!("sessions on this worker keep each other busy; persisting first");
+                return;
             }
-            let fx = slot.session.run(now_ms());
-            out.dirty.push(sid.clone());
-            self.effects(&sid, fx, out).await;
-        }
-    }
-
-    /// Queues an event for a session of this node: here, or on its worker after the flush.
-    async fn deliver(&mut self, from: &str, to: &str, event: Event, out: &mut Outbox) {
-        if self.shared.shard(to) != self.me {
-            out.remote.push((
-                to.to_string(),
-                Command::Event {
-                    sid: to.to_string(),
-                    event,
-                    reply: None,
-                },
-            ));
-            return;
-        }
-        let result = match self.ensure_loaded(to).await {
-            Ok(()) => self
-                .sessions
-                .get_mut(to)
-                .expect("loaded")
-                .session
-                .push_external(event.clone())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(()) => self.ready.push_back(to.to_string()),
-            Err(msg) => {
-                if let Some(s) = self.sessions.get_mut(from) {
-                    let _ = s
-                        .session
-                        .push_external(Event::error_communication(event.sendid.clone(), &msg));
-                    self.ready.push_back(from.to_string());
-                }
+            if !any && !self.host.has_ready() {
+                return;
             }
         }
     }
 
-    async fn effects(&mut self, sid: &str, effects: Vec<Effect>, out: &mut Outbox) {
-        for fx in effects {
-            match fx {
-                Effect::Send {
-                    target,
-                    type_,
-                    event,
-                } => {
-                    if type_ == BASIC_HTTP_PROCESSOR {
-                        match crate::basichttp::local_target(&self.shared, &target) {
-                            // A session of this server: deliver now, in send order.
-                            Some(to) => {
-                                let ev = crate::basichttp::loopback(&target, &event);
-                                Box::pin(self.deliver(sid, &to, ev, out)).await;
-                            }
-                            None => out.http.push((sid.to_string(), target, event)),
-                        }
-                        continue;
-                    }
-                    let (to, event) = match self.resolve_target(sid, &target, event) {
-                        Ok(x) => x,
-                        Err((msg, sendid)) => {
-                            if let Some(s) = self.sessions.get_mut(sid) {
-                                let _ = s
-                                    .session
-                                    .push_external(Event::error_communication(sendid, &msg));
-                                self.ready.push_back(sid.to_string());
-                            }
-                            continue;
-                        }
+    async fn carry_out(&mut self, out: Output, batch: &mut Batch) {
+        match out {
+            Output::Forward { from, to, event } => {
+                if owner_node(&to) == Some(self.shared.cfg.node_id.as_str()) {
+                    let cmd = Command::Deliver {
+                        from: from.clone(),
+                        to: to.clone(),
+                        event,
                     };
-                    Box::pin(self.deliver(sid, &to, event, out)).await;
+                    batch.remote.push((Some(from), to, cmd));
+                } else {
+                    let msg = format!("session {to} is not on this node");
+                    self.host.report_undeliverable(&from, event.sendid, &msg);
                 }
-                Effect::SetTimer { timer, due_ms } => {
-                    out.schedule_puts.push(ScheduleEntry {
-                        id: format!("{sid}#t{timer}"),
-                        session: Some(sid.to_string()),
-                        due_ms,
-                        kind: ScheduleKind::DelayedSend,
-                        payload: timer.to_string().into_bytes(),
-                    });
+            }
+            Output::Load { session } => match self.load(&session).await {
+                Ok(h) => self.host.insert(h),
+                Err(e) => self.host.abandon(&session, &e.to_string()),
+            },
+            Output::Send {
+                from,
+                target,
+                type_,
+                event,
+            } => {
+                if type_ != BASIC_HTTP_PROCESSOR {
+                    let msg = format!("no {type_} event processor");
+                    self.host.report_undeliverable(&from, event.sendid, &msg);
+                } else if let Some(to) =
+                    crate::basichttp::local_target(&self.shared.cfg.external_url, &target)
+                {
+                    // A session of this server: delivered directly, in send order.
+                    let event = crate::basichttp::loopback(&target, &event);
+                    self.host.deliver(&from, &to, event);
+                } else {
+                    batch.http.push((from, target, event));
                 }
-                Effect::CancelTimer { timer } => {
-                    out.schedule_deletes.push(format!("{sid}#t{timer}"))
-                }
-                Effect::Invoke(req) => {
-                    if let Err(e) = Box::pin(self.invoke(sid, req, out)).await
-                        && let Some(s) = self.sessions.get_mut(sid)
-                    {
-                        let _ = s.session.push_external(Event::error_communication(
-                            None,
-                            &format!("invoke failed: {e}"),
-                        ));
-                        self.ready.push_back(sid.to_string());
-                    }
-                }
-                Effect::CancelInvoke { invokeid } => {
-                    let child = self
-                        .sessions
-                        .get_mut(sid)
-                        .and_then(|s| s.children.remove(&invokeid));
-                    if let Some(child) = child {
-                        let cmd = Command::Terminate {
+            }
+            Output::Invoke {
+                parent,
+                child,
+                request,
+            } => match self.child_document(&parent, &request.source).await {
+                Ok((document, doc)) => {
+                    let link = ParentLink {
+                        session: parent.clone(),
+                        invokeid: request.invokeid,
+                    };
+                    if self.holds(&child) {
+                        self.start(child, doc, document, &request.params, Some(link), batch);
+                    } else {
+                        let cmd = Command::Start {
                             sid: child.clone(),
+                            doc,
+                            document,
+                            params: request.params,
+                            parent: Some(link),
                             reply: None,
                         };
-                        if self.shared.shard(&child) == self.me {
-                            Box::pin(self.handle(cmd, out)).await;
-                        } else {
-                            out.remote.push((child, cmd));
-                        }
+                        batch.remote.push((Some(parent), child, cmd));
                     }
                 }
-                Effect::Log { label, message } => {
-                    tracing::info!(target: "scxml", session = %sid, label = %label, "{message}");
+                Err(e) => self.host.invoke_failed(&parent, &child, &e.to_string()),
+            },
+            Output::CancelElsewhere { session } => {
+                if !self.holds(&session) {
+                    let cmd = Command::Terminate {
+                        sid: session.clone(),
+                        reply: None,
+                    };
+                    batch.remote.push((None, session, cmd));
+                } else if self.ensure_loaded(&session).await.is_ok() {
+                    self.host.cancel(&session, now_ms());
                 }
-                Effect::Response {
-                    requestid,
+            }
+            Output::SetTimer {
+                session,
+                timer,
+                due_ms,
+            } => {
+                let job = Job::Timer {
+                    session: session.clone(),
+                    timer,
+                };
+                batch.plan.schedule_puts.push((session, job.entry(due_ms)));
+            }
+            Output::CancelTimer { session, timer } => {
+                let id = Job::timer_id(&session, timer);
+                batch.plan.schedule_removals.push((session, id));
+            }
+            Output::Response {
+                session,
+                requestid,
+                positive,
+                resultcode,
+                params,
+            } => {
+                let response = ResponseData {
                     positive,
                     resultcode,
                     params,
-                } => {
-                    let waiting = self
-                        .shared
-                        .requests
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&requestid);
-                    match waiting {
-                        Some(tx) => {
-                            let _ = tx.send(ResponseData {
-                                positive,
-                                resultcode,
-                                params,
-                            });
-                        }
-                        None => {
-                            tracing::debug!(session = %sid, requestid, "response to no waiting request")
-                        }
-                    }
+                };
+                if !self.shared.requests.answer(&requestid, response) {
+                    tracing::debug!(%session, requestid, "response to no waiting request");
                 }
-                Effect::Done { data } => {
-                    let Some(slot) = self.sessions.get(sid) else {
-                        continue;
-                    };
-                    let conf = slot.session.active_atomic_states();
-                    if let Some((psid, invokeid)) = slot.parent.clone() {
-                        let ev = Event::done_invoke(&invokeid, sid, data);
-                        Box::pin(self.deliver(sid, &psid, ev, out)).await;
-                    }
-                    out.finished.push((sid.to_string(), conf));
+            }
+            Output::Log {
+                session,
+                label,
+                message,
+            } => tracing::info!(target: "scxml", %session, %label, "{message}"),
+            Output::Ended { session, reason } => {
+                if let Some(reason) = reason.filter(|r| r != CANCELLED) {
+                    tracing::warn!(%session, "session aborted: {reason}");
                 }
-                Effect::Aborted { reason } => {
-                    tracing::warn!(session = %sid, "session aborted: {reason}");
-                }
+                batch.ended.push(session);
             }
         }
     }
 
-    fn resolve_target(
+    /// The document of an invoked child and its key in the store.
+    async fn child_document(
         &self,
-        sid: &str,
-        target: &str,
-        mut event: Event,
-    ) -> Result<(String, Event), (String, Option<String>)> {
-        let slot = self.sessions.get(sid);
-        let sendid = event.sendid.clone();
-        match SendTarget::parse(target) {
-            SendTarget::Parent => match slot.and_then(|s| s.parent.clone()) {
-                Some((p, invokeid)) => {
-                    event.invokeid = Some(invokeid);
-                    Ok((p, event))
-                }
-                None => Err(("the session has no parent".into(), sendid)),
-            },
-            SendTarget::Session(id) => Ok((id.to_string(), event)),
-            SendTarget::Invoked(inv) => match slot.and_then(|s| s.children.get(inv)) {
-                Some(c) => Ok((c.clone(), event)),
-                None => Err((format!("no invoked session \"{inv}\""), sendid)),
-            },
-            SendTarget::Other(t) => Err((format!("unknown target \"{t}\""), sendid)),
-        }
-    }
-
-    async fn invoke(
-        &mut self,
         parent: &str,
-        req: ors_scxml::InvokeRequest,
-        out: &mut Outbox,
-    ) -> Result<(), ApiError> {
-        let parent_hash = self
-            .sessions
-            .get(parent)
-            .map(|s| s.hash.clone())
-            .unwrap_or_default();
-        let (hash, doc) = match req.source {
+        source: &InvokeSource,
+    ) -> Result<(String, Arc<Document>), RuntimeError> {
+        match source {
             InvokeSource::Document(d) => {
-                let pdoc = self
-                    .sessions
-                    .get(parent)
-                    .map(|s| s.session.document().clone());
-                let path = pdoc
-                    .and_then(|p| crate::documents::inline_path(&p, &d))
-                    .ok_or_else(|| {
-                        ApiError::Internal("inline document not found in its parent".into())
+                let p = self.host.get(parent).ok_or_else(|| {
+                    RuntimeError::Internal(format!("the invoking session {parent} is gone"))
+                })?;
+                let path =
+                    crate::documents::inline_path(p.session.document(), d).ok_or_else(|| {
+                        RuntimeError::Internal("inline document not found in its parent".into())
                     })?;
-                let hash = format!("{parent_hash}#{path}");
-                self.shared.docs.remember(&hash, d.clone());
-                (hash, d)
+                let key = format!("{}#{path}", p.meta.document);
+                self.shared.docs.remember(&key, d.clone());
+                Ok((key, d.clone()))
             }
-            InvokeSource::Uri(u) => self.shared.docs.load(&u).await?,
+            InvokeSource::Uri(u) => self.shared.docs.load(u).await,
             InvokeSource::Text(t) => {
                 self.shared
                     .docs
-                    .compile_text("<invoke content>", None, t)
-                    .await?
+                    .compile_text("<invoke content>", None, t.clone())
+                    .await
             }
-        };
-        let child = self.shared.new_session_id();
-        if let Some(s) = self.sessions.get_mut(parent) {
-            s.children.insert(req.invokeid.clone(), child.clone());
         }
-        let cmd = Command::Start {
-            sid: child.clone(),
-            doc,
-            hash,
-            params: req.params,
-            parent: Some((parent.to_string(), req.invokeid)),
-            reply: None,
-        };
-        if self.shared.shard(&child) == self.me {
-            Box::pin(self.handle(cmd, out)).await;
-        } else {
-            out.remote.push((child, cmd));
-        }
-        Ok(())
     }
 
     fn deactivate_idle(&mut self) {
         let limit = self.shared.cfg.idle_timeout;
-        let before = self.sessions.len();
-        self.sessions
-            .retain(|_, s| !(s.persist && s.version.is_some() && s.last_active.elapsed() > limit));
-        let gone = before - self.sessions.len();
+        let gone = self.host.retain(|_, h| {
+            !(h.meta.persist && h.meta.version.is_some() && h.meta.last_active.elapsed() > limit)
+        });
         if gone > 0 {
-            self.shared.live.fetch_sub(gone, Ordering::Relaxed);
             tracing::debug!(sessions = gone, "deactivated idle sessions");
         }
+        self.shared.workers.set_live(self.me, self.host.len());
     }
 
-    /// Makes the batch durable, then acknowledges it and sends what it produced.
-    async fn flush(&mut self, mut out: Outbox) {
-        let shared = self.shared.clone();
-        let fence = shared.fence();
-        let finished: std::collections::HashSet<String> =
-            out.finished.iter().map(|(s, _)| s.clone()).collect();
-        out.dirty.sort();
-        out.dirty.dedup();
-        // Snapshots of persisted, still-running sessions.
-        let mut encoded: Vec<(String, String, Vec<u8>, Option<u64>)> = Vec::new();
-        let mut failed: HashMap<String, ApiError> = HashMap::new();
-        for sid in &out.dirty {
-            if finished.contains(sid) {
-                continue;
-            }
-            let Some(slot) = self.sessions.get_mut(sid) else {
+    /// Makes the batch durable, then acknowledges it and releases what it produced.
+    async fn flush(&mut self, mut batch: Batch) {
+        let ended: HashSet<String> = batch.ended.iter().cloned().collect();
+        let mut failed: HashMap<String, RuntimeError> = HashMap::new();
+        for sid in self.host.take_changed() {
+            let Some(h) = self.host.get_mut(&sid) else {
                 continue;
             };
-            if !slot.persist {
+            if ended.contains(&sid) {
+                if h.meta.version.is_some() {
+                    batch.plan.deletions.push(sid);
+                }
                 continue;
             }
-            match slot.session.snapshot() {
-                Ok(snapshot) => {
-                    let stored = Stored {
-                        snapshot,
-                        parent: slot.parent.clone(),
-                        children: slot.children.clone(),
-                        persist: true,
-                    };
-                    let bytes = serde_json::to_vec(&stored).expect("snapshots serialise");
-                    encoded.push((sid.clone(), slot.hash.clone(), bytes, slot.version));
-                }
+            if !h.meta.persist {
+                continue;
+            }
+            match StoredSession::of(h, true) {
+                Ok(bytes) => batch.plan.snapshots.push(SnapshotWrite {
+                    document: h.meta.document.clone(),
+                    expected: h.meta.version,
+                    session: sid,
+                    bytes,
+                }),
                 Err(e) => {
-                    failed.insert(
-                        sid.clone(),
-                        ApiError::Internal(format!("snapshot failed: {e}")),
-                    );
+                    let e = RuntimeError::Internal(format!("snapshot failed: {e}"));
+                    failed.insert(sid, e);
                 }
             }
         }
-        let puts = std::mem::take(&mut out.schedule_puts);
-        let wakes: Vec<u64> = puts.iter().map(|e| e.due_ms).collect();
-        let deletes = std::mem::take(&mut out.schedule_deletes);
-        let finished_ids: Vec<(String, bool)> = out
-            .finished
-            .iter()
-            .map(|(s, _)| {
-                (
-                    s.clone(),
-                    self.sessions.get(s).is_some_and(|x| x.version.is_some()),
-                )
-            })
-            .collect();
-        let node = shared.cfg.node_id.clone();
-        let store = shared.store.clone();
-        let write_meta: Vec<(String, Option<u64>)> =
-            encoded.iter().map(|e| (e.0.clone(), e.3)).collect();
-        let result = shared
-            .handle
-            .spawn(async move {
-                // Timers first: an entry without its snapshot fires as a no-op; a snapshot
-                // without its entry would never fire.
-                for e in &puts {
-                    store.put_schedule(e).await?;
-                }
-                let writes: Vec<SessionWrite> = encoded
-                    .iter()
-                    .map(|(id, hash, bytes, version)| SessionWrite {
-                        id,
-                        node: &node,
-                        document: hash,
-                        snapshot: bytes,
-                        expected_version: *version,
-                        fence,
-                    })
-                    .collect();
-                let results = store.write_sessions(&writes).await;
-                for (id, stored) in &finished_ids {
-                    if *stored {
-                        store.delete_session(id, fence).await?;
-                    }
-                }
-                for d in &deletes {
-                    store.delete_schedule(d).await?;
-                }
-                Ok::<_, StoreError>(results)
-            })
-            .await;
-        let results = match result {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let err = ApiError::from(e);
-                for (sid, r) in out.acks {
-                    let _ = r.send(Err(err.clone()));
-                    tracing::error!(session = %sid, error = %err, "store write failed");
-                }
-                return;
-            }
+        batch.plan.retried_removals = std::mem::take(&mut self.removals_left);
+        let store = self.shared.store.clone();
+        let node = self.shared.cfg.node_id.clone();
+        let fence = self.shared.fence();
+        let plan = std::mem::take(&mut batch.plan);
+        let outcome = match self
+            .on_main(async move { persist(&*store, &node, fence, plan).await })
+            .await
+        {
+            Ok(o) => o,
             Err(e) => {
-                for (_, r) in out.acks {
-                    let _ = r.send(Err(ApiError::Internal(e.to_string())));
+                // The store task died: nothing of this batch is known to be durable.
+                for (_, r) in batch.acks {
+                    let _ = r.send(Err(e.clone()));
                 }
                 return;
             }
         };
-        for ((sid, _), r) in write_meta.iter().zip(results) {
-            match r {
-                Ok(v) => {
-                    if let Some(s) = self.sessions.get_mut(sid) {
-                        s.version = Some(v);
-                    }
-                }
-                Err(e) => {
-                    // Someone else owns it now (or the store failed): forget our copy.
-                    tracing::error!(session = %sid, error = %e, "session write refused; dropping it from memory");
-                    if self.sessions.remove(sid).is_some() {
-                        self.shared.live.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    failed.insert(sid.clone(), ApiError::from(e));
-                }
+        for (sid, version) in outcome.versions {
+            if let Some(h) = self.host.get_mut(&sid) {
+                h.meta.version = Some(version);
             }
         }
-        for (sid, conf) in out.finished {
-            if self.sessions.remove(&sid).is_some() {
-                self.shared.live.fetch_sub(1, Ordering::Relaxed);
-            }
-            self.shared.finish(&sid, conf);
+        for (sid, e) in outcome.failed {
+            // Not durable: forget our copy, so the next use reloads the stored state (or
+            // finds that another node owns the session now).
+            tracing::error!(session = %sid, error = %e, "session write failed; dropping it from memory");
+            self.host.remove(&sid);
+            failed.insert(sid, e.into());
         }
-        for (sid, r) in out.acks {
+        for sid in batch.ended {
+            if failed.contains_key(&sid) {
+                continue;
+            }
+            if let Some(h) = self.host.remove(&sid) {
+                self.shared
+                    .finished
+                    .record(&sid, h.session.active_atomic_states());
+            }
+        }
+        self.removals_left = outcome.removals_left;
+        for (sid, r) in batch.acks {
             let _ = r.send(match failed.get(&sid) {
                 Some(e) => Err(e.clone()),
                 None => Ok(()),
             });
         }
-        for due in wakes {
-            let _ = self.shared.wake_scheduler.send(due);
+        for due in outcome.due {
+            self.shared.scheduler.wake_at(due);
         }
-        for (to, cmd) in out.remote {
-            let _ = self.shared.send(&to, cmd).await;
+        for (origin, to, cmd) in batch.remote {
+            if origin.is_none_or(|o| !failed.contains_key(&o)) {
+                self.shared.workers.send_internal(&to, cmd);
+            }
         }
-        for (from, target, event) in out.http {
-            crate::basichttp::send(self.shared.clone(), from, target, event);
+        for (from, target, event) in batch.http {
+            if !failed.contains_key(&from) {
+                let shared = self.shared.clone();
+                self.main.spawn(async move {
+                    if let Err(reason) = crate::basichttp::post(&shared.http, &target, &event).await
+                    {
+                        tracing::info!(session = %from, "{reason}");
+                        let cmd = Command::Undeliverable {
+                            from: from.clone(),
+                            sendid: event.sendid,
+                            reason,
+                        };
+                        shared.workers.send_internal(&from, cmd);
+                    }
+                });
+            }
         }
+        self.shared.workers.set_live(self.me, self.host.len());
     }
 }

@@ -1,0 +1,78 @@
+//! How this runtime fires the scheduler's jobs. Each `fire` returns once the job's effect
+//! is durable, so the scheduler deletes the entry only then; each is idempotent, since a
+//! crash between the effect and the deletion fires the job again.
+
+use async_trait::async_trait;
+use ors_scheduler::{Fire, FireError, Job};
+use tokio::sync::oneshot;
+
+use crate::worker::Command;
+use crate::{Runtime, RuntimeError, owner_node};
+
+pub(crate) struct JobRunner {
+    runtime: Runtime,
+}
+
+impl JobRunner {
+    pub fn new(runtime: Runtime) -> Self {
+        JobRunner { runtime }
+    }
+
+    async fn fire_timer(&self, session: &str, timer: u64) -> Result<(), RuntimeError> {
+        let (reply, done) = oneshot::channel();
+        let cmd = Command::FireTimer {
+            sid: session.to_string(),
+            timer,
+            reply,
+        };
+        self.runtime.shared.workers.send(session, cmd)?;
+        done.await.map_err(|_| RuntimeError::ShuttingDown)?
+    }
+}
+
+/// A job for a session that no longer exists has nothing left to do.
+fn gone_is_done(r: Result<(), RuntimeError>) -> Result<(), FireError> {
+    match r {
+        Ok(()) | Err(RuntimeError::NotFound(_)) => Ok(()),
+        Err(e) => Err(FireError(e.to_string())),
+    }
+}
+
+#[async_trait]
+impl Fire for JobRunner {
+    /// Jobs of sessions of other nodes are theirs to fire.
+    fn owns(&self, job: &Job) -> bool {
+        owner_node(job.session()) == Some(self.runtime.node_id())
+    }
+
+    async fn fire(&self, job: &Job) -> Result<(), FireError> {
+        let shared = &self.runtime.shared;
+        match job {
+            // The session ignores a timer it fired already.
+            Job::Timer { session, timer } => gone_is_done(self.fire_timer(session, *timer).await),
+            Job::Start(s) => {
+                let exists = shared
+                    .store
+                    .read_session(&s.session)
+                    .await
+                    .map_err(|e| FireError(e.to_string()))?;
+                if exists.is_some() {
+                    return Ok(()); // started by an earlier firing
+                }
+                let doc = shared
+                    .docs
+                    .get(&s.document)
+                    .await
+                    .map_err(|e| FireError(e.to_string()))?;
+                self.runtime
+                    .start_prepared(s.session.clone(), s.document.clone(), doc, s.params.clone())
+                    .await
+                    .map_err(|e| FireError(e.to_string()))
+            }
+            Job::Lifetime { session } => {
+                tracing::info!(%session, "terminating: maximum session lifetime reached");
+                gone_is_done(self.runtime.terminate(session).await)
+            }
+        }
+    }
+}
