@@ -39,7 +39,7 @@ fi
 
 echo "== cargo test"
 if [ -z "${ORS_TEST_CASSANDRA_NODES:-}" ]; then
-  echo "NOTE: the Cassandra conformance suite is SKIPPED (set ORS_TEST_CASSANDRA_NODES=host[;host] to run it);"
+  echo "NOTE: the Cassandra conformance suite and server scenarios are SKIPPED (set ORS_TEST_CASSANDRA_NODES=host[;host] to run them);"
   echo "      its schema/statement unit tests and connection tests still run."
 fi
 cargo test --workspace --quiet

@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// Run the server (with no configuration: 127.0.0.1:8080, embedded store in ./data,
     /// documents from the current directory).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Check SCXML documents; prints `file:line:col: message` for every problem.
     Validate {
         #[arg(required = true)]
@@ -57,7 +57,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Serve(args) => serve_blocking(args),
+        Command::Serve(args) => serve_blocking(*args),
         Command::Validate { files } => validate(&files),
         Command::Run {
             file,

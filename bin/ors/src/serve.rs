@@ -29,7 +29,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `embedded` (default) or `redis`.
+    /// `embedded` (default), `redis` or `cassandra`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub redis_urls: Option<Vec<String>>,
@@ -42,6 +42,18 @@ pub struct StoreConfig {
     pub redis_timeout_ms: Option<u64>,
     /// Page cache of the embedded store, MiB (default 64).
     pub embedded_cache_mb: Option<usize>,
+    /// Cassandra contact points, ORS's `cassandra-nodes` form (`host1;host2:9043`).
+    pub cassandra_nodes: Option<String>,
+    pub cassandra_port: Option<u16>,
+    pub cassandra_keyspace: Option<String>,
+    pub cassandra_strategy_class: Option<String>,
+    pub cassandra_strategy_options: Option<String>,
+    pub cassandra_username: Option<String>,
+    pub cassandra_password: Option<String>,
+    pub cassandra_create_schema: Option<bool>,
+    pub cassandra_record_ttl_secs: Option<u64>,
+    pub cassandra_connect_timeout_ms: Option<u64>,
+    pub cassandra_schedule_shards: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,12 +105,18 @@ pub struct ServeArgs {
     /// This node's id (letters, digits, _), embedded in session ids.
     #[arg(long, env = "ORS_NODE_ID")]
     pub node_id: Option<String>,
-    /// `embedded` or `redis`.
+    /// `embedded`, `redis` or `cassandra`.
     #[arg(long, env = "ORS_STORE")]
     pub store: Option<String>,
     /// Redis URL(s), comma-separated (several: a Redis Cluster).
     #[arg(long, env = "ORS_REDIS_URL", value_delimiter = ',')]
     pub redis_url: Option<Vec<String>>,
+    /// Cassandra contact points, `host1;host2[:port]` (ORS's `cassandra-nodes`).
+    #[arg(long, env = "ORS_CASSANDRA_NODES")]
+    pub cassandra_nodes: Option<String>,
+    /// The Cassandra keyspace (default `orchestration`).
+    #[arg(long, env = "ORS_CASSANDRA_KEYSPACE")]
+    pub cassandra_keyspace: Option<String>,
     /// `human` or `json`.
     #[arg(long, env = "ORS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -196,7 +214,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .context("connecting to Redis")?,
             )
         }
-        other => anyhow::bail!("unknown store type \"{other}\" (use embedded or redis)"),
+        "cassandra" => {
+            let cfg = cassandra_config(&args, &file.store);
+            let nodes = cfg.contact_points().join(",");
+            Arc::new(
+                ors_store_cassandra::CassandraStore::connect(&cfg)
+                    .await
+                    .with_context(|| format!("connecting to Cassandra at {nodes}"))?,
+            )
+        }
+        other => {
+            anyhow::bail!("unknown store type \"{other}\" (use embedded, redis or cassandra)")
+        }
     };
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -262,6 +291,39 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rt.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn cassandra_config(args: &ServeArgs, s: &StoreConfig) -> ors_store_cassandra::CassandraConfig {
+    let d = ors_store_cassandra::CassandraConfig::default();
+    let nodes = args.cassandra_nodes.as_ref().or(s.cassandra_nodes.as_ref());
+    ors_store_cassandra::CassandraConfig {
+        nodes: nodes.map_or(d.nodes, |n| {
+            ors_store_cassandra::CassandraConfig::parse_nodes(n)
+        }),
+        port: s.cassandra_port.unwrap_or(d.port),
+        keyspace: args
+            .cassandra_keyspace
+            .clone()
+            .or(s.cassandra_keyspace.clone())
+            .unwrap_or(d.keyspace),
+        strategy_class: s
+            .cassandra_strategy_class
+            .clone()
+            .unwrap_or(d.strategy_class),
+        strategy_options: s
+            .cassandra_strategy_options
+            .clone()
+            .unwrap_or(d.strategy_options),
+        username: s.cassandra_username.clone(),
+        password: s.cassandra_password.clone(),
+        create_schema: s.cassandra_create_schema.unwrap_or(d.create_schema),
+        record_ttl: secs(s.cassandra_record_ttl_secs).or(d.record_ttl),
+        connect_timeout: s
+            .cassandra_connect_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(d.connect_timeout),
+        schedule_shards: s.cassandra_schedule_shards.unwrap_or(d.schedule_shards),
+    }
 }
 
 fn init_logging(format: &str) -> anyhow::Result<()> {

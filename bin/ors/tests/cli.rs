@@ -189,3 +189,40 @@ fn run_reports_an_aborted_session() {
     assert_eq!(o.status.code(), Some(4), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("microsteps"));
 }
+
+/// `--store cassandra` is selected like the other stores (flag, `ORS_*` variable, TOML
+/// keys); without a reachable cluster the server stops at once with a clear error. The
+/// scenarios against a real cluster run in `server.rs` when `ORS_TEST_CASSANDRA_NODES` is
+/// set.
+#[test]
+fn serve_on_cassandra_reports_an_unreachable_cluster() {
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = nowhere.local_addr().unwrap().port();
+    drop(nowhere);
+    let config = write_doc(
+        "cassandra.toml",
+        "[store]\ncassandra_connect_timeout_ms = 300\ncassandra_keyspace = \"ors_cli\"\n",
+    );
+    let data = std::env::temp_dir().join(format!("ors-cli-data-{}", std::process::id()));
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ors"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("ORS_STORE", "cassandra")
+        .env("ORS_CASSANDRA_NODES", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("connecting to Cassandra at 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("within 300ms"),
+        "the TOML timeout applies: {err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

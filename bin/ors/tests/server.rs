@@ -557,7 +557,8 @@ async fn invoke_and_send_failures_raise_the_prescribed_errors() {
     }
 }
 
-/// Each scenario runs twice: on the embedded store and on a real redis-server.
+/// Each scenario runs on the embedded store and on a real redis-server, and on Cassandra
+/// when `ORS_TEST_CASSANDRA_NODES` names a cluster (none can run here).
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -575,6 +576,28 @@ macro_rules! on_both_stores {
                     let redis = ors_testsupport::RedisServer::start(false);
                     let url = redis.url();
                     super::$name(&["--store", "redis", "--redis-url", &url]).await;
+                }
+            )*
+        }
+        mod cassandra {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Ok(nodes) = std::env::var("ORS_TEST_CASSANDRA_NODES") else {
+                        eprintln!("SKIPPED: ORS_TEST_CASSANDRA_NODES is not set");
+                        return;
+                    };
+                    // A keyspace per test, so tests and runs do not see each other.
+                    let keyspace = format!(
+                        "ors_e2e_{}_{}",
+                        std::process::id(),
+                        stringify!($name)
+                    );
+                    super::$name(&[
+                        "--store", "cassandra", "--cassandra-nodes", &nodes,
+                        "--cassandra-keyspace", &keyspace,
+                    ])
+                    .await;
                 }
             )*
         }
