@@ -44,6 +44,10 @@ if [ -z "${ORS_TEST_CASSANDRA_NODES:-}" ]; then
 fi
 cargo test --workspace --quiet
 
+echo "== examples (each checks its own result)"
+cargo run --quiet -p ors-example-embed-engine
+cargo run --quiet -p ors-example-embed-runtime
+
 echo "== W3C SCXML IRP tests (ECMAScript datamodel), in-process, virtual time"
 echo "   (the BasicHTTP tests run through the server; the next run covers everything there)"
 cargo build --quiet -p ors -p ors-conformance
