@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 mod dom;
 mod runtime;
@@ -36,6 +37,7 @@ pub struct EcmaDatamodel {
 }
 
 impl EcmaDatamodel {
+    /// A datamodel for a session of `doc`, with its system variables.
     pub fn new(doc: Arc<Document>, vars: &SystemVars) -> Self {
         let n = doc.states.len();
         EcmaDatamodel {

@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 //!
 //! Cross-cutting concerns are tower layers (body size limit, overall timeout, load
 //! shedding, tracing); handlers only translate HTTP to runtime calls and back.
@@ -20,6 +21,7 @@ use tower::ServiceBuilder;
 /// Settings of the HTTP layer.
 #[derive(Clone)]
 pub struct HttpConfig {
+    /// Larger request bodies get `413`.
     pub max_body_bytes: usize,
     /// Requests still running after this get 503 (a `/request` waits at most its own
     /// timeout, which should be shorter).

@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 pub mod schema;
 
@@ -112,6 +113,7 @@ impl CassandraStore {
         Ok(store)
     }
 
+    /// The CQL this store runs.
     pub fn statements(&self) -> &Statements {
         &self.st
     }

@@ -10,20 +10,26 @@ use ors_store::StoreError;
 /// `cassandra-strategy-class`, `cassandra-strategy-options`, `username`, `password`.
 #[derive(Debug, Clone)]
 pub struct CassandraConfig {
+    /// Contact points (`host` or `host:port`).
     pub nodes: Vec<String>,
+    /// The port of contact points given without one.
     pub port: u16,
+    /// The keyspace (ORS's is `orchestration`).
     pub keyspace: String,
     /// `SimpleStrategy` or `NetworkTopologyStrategy`.
     pub strategy_class: String,
     /// `replication_factor:2`, or `DC1:2;DC2:3` for `NetworkTopologyStrategy`.
     pub strategy_options: String,
+    /// User name for password authentication.
     pub username: Option<String>,
+    /// Password for password authentication.
     pub password: Option<String>,
     /// Create the keyspace and tables if missing.
     pub create_schema: bool,
     /// A safety-net TTL on session records and schedule entries (ORS writes one on every
     /// record); `None` for none.
     pub record_ttl: Option<Duration>,
+    /// Giving up on connecting after this long.
     pub connect_timeout: Duration,
     /// Number of partitions of the due-time index (spreads schedule load).
     pub schedule_shards: u32,
@@ -128,35 +134,62 @@ pub fn replication(class: &str, options: &str) -> Result<String, StoreError> {
 /// Every statement, rendered for one keyspace.
 #[derive(Debug, Clone)]
 pub struct Statements {
+    /// `CREATE KEYSPACE` and `CREATE TABLE` statements, in order.
     pub create: Vec<String>,
+    /// The CQL behind `put_document`.
     pub put_document: String,
+    /// The CQL behind `get_document`.
     pub get_document: String,
+    /// The CQL behind `create_session`.
     pub create_session: String,
+    /// The CQL behind `update_session`.
     pub update_session: String,
+    /// The CQL behind `read_session`.
     pub read_session: String,
+    /// The CQL behind `delete_session`.
     pub delete_session: String,
+    /// The CQL behind `move_session`.
     pub move_session: String,
+    /// The CQL behind `index_session`.
     pub index_session: String,
+    /// The CQL behind `unindex_session`.
     pub unindex_session: String,
+    /// The CQL behind `node_sessions`.
     pub node_sessions: String,
+    /// The CQL behind `put_schedule`.
     pub put_schedule: String,
+    /// The CQL behind `index_due`.
     pub index_due: String,
+    /// The CQL behind `unindex_due`.
     pub unindex_due: String,
+    /// The CQL behind `index_session_schedule`.
     pub index_session_schedule: String,
+    /// The CQL behind `unindex_session_schedule`.
     pub unindex_session_schedule: String,
+    /// The CQL behind `session_schedules`.
     pub session_schedules: String,
+    /// The CQL behind `read_schedule`.
     pub read_schedule: String,
+    /// The CQL behind `due`.
     pub due: String,
+    /// The CQL behind `claim_schedule`.
     pub claim_schedule: String,
+    /// The CQL behind `delete_schedule`.
     pub delete_schedule: String,
+    /// The CQL behind `create_lease`.
     pub create_lease: String,
+    /// The CQL behind `take_lease`.
     pub take_lease: String,
+    /// The CQL behind `renew_lease`.
     pub renew_lease: String,
+    /// The CQL behind `release_lease`.
     pub release_lease: String,
+    /// The CQL behind `read_lease`.
     pub read_lease: String,
 }
 
 impl Statements {
+    /// Renders every statement for `cfg` (its keyspace and TTL); invalid names are an error.
     pub fn new(cfg: &CassandraConfig) -> Result<Statements, StoreError> {
         let ks = &cfg.keyspace;
         identifier("keyspace name", ks)?;

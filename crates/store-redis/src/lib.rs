@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 mod scripts;
 
@@ -21,8 +22,11 @@ pub struct RedisConfig {
     /// `redis://host:port` (or `rediss://`) URLs. One URL and `cluster == false`: a
     /// standalone server; otherwise the seed nodes of a Redis Cluster.
     pub urls: Vec<String>,
+    /// Several URLs name the masters of a Redis Cluster; set this to talk cluster protocol.
     pub cluster: bool,
+    /// ACL user name.
     pub username: Option<String>,
+    /// Password.
     pub password: Option<String>,
     /// TLS with the system's root certificates.
     pub tls: bool,
@@ -32,6 +36,7 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// A command that gets no answer in this time fails with [`StoreError::Unavailable`].
     pub command_timeout: Duration,
+    /// Giving up on connecting after this long.
     pub connect_timeout: Duration,
     /// Delay between reconnection attempts (forever).
     pub reconnect_delay: Duration,

@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 mod clock;
 mod memory;
@@ -23,35 +24,52 @@ pub enum StoreError {
     /// A conditional write found another version (`None`: the record does not exist).
     #[error("version conflict on {key}: expected {expected:?}, found {found:?}")]
     VersionConflict {
+        /// The record (`session <id>`, ...).
         key: String,
+        /// The version the writer expected.
         expected: Option<u64>,
+        /// The version found.
         found: Option<u64>,
     },
     /// The write carried a fencing token older than the record's.
     #[error("stale fencing token on {key}: {given} is older than {current}")]
     StaleFence {
+        /// The record.
         key: String,
+        /// The token the write carried.
         given: Fence,
+        /// The token of the record's last writer.
         current: Fence,
     },
     #[error("{0} not found")]
+    /// The named thing does not exist (where that is an error).
     NotFound(String),
     /// The lease is no longer held with that token (expired and taken, or released).
     #[error("lease {name} is no longer held by {holder} with token {token}")]
     LeaseLost {
+        /// The lease's name.
         name: String,
+        /// Who thought they held it.
         holder: String,
+        /// The token they held it with.
         token: Fence,
     },
     /// Stored bytes that cannot be decoded.
     #[error("corrupt data in {key}: {detail}")]
-    Corrupt { key: String, detail: String },
+    Corrupt {
+        /// The record.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The store cannot be reached (connection refused, timed out, ...). Retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("invalid argument: {0}")]
+    /// The caller passed something the store cannot take.
     Invalid(String),
     #[error("store error: {0}")]
+    /// Anything else the backend reports.
     Other(String),
 }
 
@@ -77,11 +95,13 @@ impl StoreError {
     }
 }
 
+/// A store call's result.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A session's stored state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
+    /// The session's id (`<node>-<unique>`).
     pub id: String,
     /// The node that owns (runs) the session.
     pub node: String,
@@ -98,12 +118,17 @@ pub struct SessionRecord {
 /// A conditional session write.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionWrite<'a> {
+    /// The session's id.
     pub id: &'a str,
+    /// The node that owns it (indexed for recovery).
     pub node: &'a str,
+    /// Content hash of its document.
     pub document: &'a str,
+    /// The opaque engine snapshot.
     pub snapshot: &'a [u8],
     /// `None`: create, the session must not exist. `Some(v)`: replace version `v`.
     pub expected_version: Option<u64>,
+    /// The writer's fencing token.
     pub fence: Fence,
 }
 
@@ -116,10 +141,12 @@ pub enum ScheduleKind {
     StartSession,
     /// Termination of a session that ran too long.
     TerminateSession,
+    /// A kind of a newer or foreign writer, kept as written.
     Other(String),
 }
 
 impl ScheduleKind {
+    /// The stored name of the kind.
     pub fn as_str(&self) -> &str {
         match self {
             ScheduleKind::DelayedSend => "delayed-send",
@@ -128,6 +155,7 @@ impl ScheduleKind {
             ScheduleKind::Other(s) => s,
         }
     }
+    /// The kind a stored name stands for.
     pub fn parse(s: &str) -> ScheduleKind {
         match s {
             "delayed-send" => ScheduleKind::DelayedSend,
@@ -138,6 +166,7 @@ impl ScheduleKind {
     }
 }
 
+/// A timed entry that exactly one of several claimers fires (see [`SessionStore::claim_schedule`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleEntry {
     /// Unique across the store.
@@ -146,14 +175,18 @@ pub struct ScheduleEntry {
     pub session: Option<String>,
     /// When it is due, in milliseconds since the Unix epoch.
     pub due_ms: u64,
+    /// What it does.
     pub kind: ScheduleKind,
+    /// Its parameters, encoded by the scheduler that wrote it.
     pub payload: Vec<u8>,
 }
 
 /// A held lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The lease's name (`node:<id>` for a node's lease).
     pub name: String,
+    /// Who holds it (`<node>:<pid>`).
     pub holder: String,
     /// Grows with every acquisition, across expiries and releases.
     pub token: Fence,
@@ -175,6 +208,7 @@ pub struct Lease {
 pub trait SessionStore: Send + Sync + 'static {
     /// Stores a document under its content hash. Idempotent.
     async fn put_document(&self, hash: &str, body: &[u8]) -> Result<()>;
+    /// The document stored under `hash`, if any.
     async fn get_document(&self, hash: &str) -> Result<Option<Vec<u8>>>;
 
     /// Creates or replaces a session (see [`SessionWrite`]) and indexes it under its node.
@@ -190,6 +224,7 @@ pub trait SessionStore: Send + Sync + 'static {
         }
         out
     }
+    /// The session's record, if it exists.
     async fn read_session(&self, id: &str) -> Result<Option<SessionRecord>>;
     /// Removes a session's record, index entry and schedule entries. Deleting a missing
     /// session is not an error.
@@ -214,6 +249,7 @@ pub trait SessionStore: Send + Sync + 'static {
         now_ms: u64,
         claim_ms: u64,
     ) -> Result<bool>;
+    /// Removes an entry (removing a missing one is not an error).
     async fn delete_schedule(&self, id: &str) -> Result<()>;
     /// The entries of one session.
     async fn session_schedules(&self, session: &str) -> Result<Vec<ScheduleEntry>>;

@@ -36,6 +36,7 @@ pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
     out
 }
 
+/// Reads what [`encode_session`] wrote; `id` names the record in errors.
 pub fn decode_session(id: &str, bytes: &[u8]) -> Result<SessionRecord, StoreError> {
     let corrupt = |detail: &str| StoreError::Corrupt {
         key: format!("session {id}"),
@@ -88,26 +89,34 @@ fn decode_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreE
 /// A schedule entry with its claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredSchedule {
+    /// The entry.
     pub entry: ScheduleEntry,
+    /// Who claimed it, if anyone.
     pub claimed_by: Option<String>,
+    /// When the claim ends (epoch milliseconds).
     pub claim_until_ms: u64,
 }
 
 impl StoredSchedule {
+    /// Whether a claimer may take it at `now_ms` (never claimed, or the claim expired).
     pub fn is_claimable(&self, now_ms: u64) -> bool {
         self.claimed_by.is_none() || self.claim_until_ms <= now_ms
     }
 }
 
+/// The bytes of a schedule entry with its claim.
 pub fn encode_schedule(s: &StoredSchedule) -> Vec<u8> {
     encode_json(s)
 }
+/// Reads what [`encode_schedule`] wrote; `id` names the entry in errors.
 pub fn decode_schedule(id: &str, bytes: &[u8]) -> Result<StoredSchedule, StoreError> {
     decode_json(&format!("schedule {id}"), bytes)
 }
+/// The bytes of a lease.
 pub fn encode_lease(l: &Lease) -> Vec<u8> {
     encode_json(l)
 }
+/// Reads what [`encode_lease`] wrote; `name` names the lease in errors.
 pub fn decode_lease(name: &str, bytes: &[u8]) -> Result<Lease, StoreError> {
     decode_json(&format!("lease {name}"), bytes)
 }

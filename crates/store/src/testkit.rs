@@ -23,6 +23,7 @@ use crate::*;
 /// How the suite gets stores.
 #[async_trait]
 pub trait Harness: Send + Sync + 'static {
+    /// The backend under test.
     type Store: SessionStore;
     /// A client of a fresh, empty namespace (a new file, a new key prefix, ...).
     async fn fresh(&self) -> Self::Store;
@@ -87,6 +88,7 @@ fn write<'a>(
     }
 }
 
+/// Documents: stored by hash, idempotent puts, missing ones are `None`.
 pub async fn documents<H: Harness>(h: &H) {
     let s = h.fresh().await;
     assert_eq!(s.get_document("h1").await.unwrap(), None);
@@ -103,6 +105,7 @@ pub async fn documents<H: Harness>(h: &H) {
     );
 }
 
+/// Sessions: create, conditional replace, read, delete; versions 1, 2, 3, ...
 pub async fn session_lifecycle<H: Harness>(h: &H) {
     let s = h.fresh().await;
     assert_eq!(s.read_session("a").await.unwrap(), None);
@@ -165,6 +168,7 @@ pub async fn session_lifecycle<H: Harness>(h: &H) {
     );
 }
 
+/// Fencing: a write, delete or move with an older token than the record's is refused.
 pub async fn fencing<H: Harness>(h: &H) {
     let s = h.fresh().await;
     s.write_session(write("f", "n1", b"x", None, 5))
@@ -210,6 +214,7 @@ pub async fn fencing<H: Harness>(h: &H) {
     s.delete_session("f", 9).await.unwrap();
 }
 
+/// The session-to-node index follows creates, moves and deletes.
 pub async fn node_index<H: Harness>(h: &H) {
     let s = h.fresh().await;
     for (id, node) in [("s1", "n1"), ("s2", "n1"), ("s3", "n2")] {
@@ -273,6 +278,7 @@ async fn race<H: Harness>(h: &H, s: H::Store, n: usize, expected: Option<u64>) -
     wins.load(Ordering::SeqCst)
 }
 
+/// Racing creates of one session: exactly one wins.
 pub async fn create_race<H: Harness>(h: &H) {
     let s = h.fresh().await;
     assert_eq!(
@@ -282,6 +288,7 @@ pub async fn create_race<H: Harness>(h: &H) {
     );
 }
 
+/// Racing replaces of one version: exactly one wins.
 pub async fn update_race<H: Harness>(h: &H) {
     let s = h.fresh().await;
     s.write_session(write("raced", "n1", b"v1", None, 1))
@@ -309,6 +316,7 @@ fn entry(id: &str, session: Option<&str>, due_ms: u64) -> ScheduleEntry {
     }
 }
 
+/// Schedule entries: due order, claims, claim expiry, per-session listing, deletion with the session.
 pub async fn schedules<H: Harness>(h: &H) {
     let s = h.fresh().await;
     s.write_session(write("sess", "n1", b"x", None, 1))
@@ -398,6 +406,7 @@ pub async fn schedules<H: Harness>(h: &H) {
     assert_eq!(d, ["b", "d"]);
 }
 
+/// Racing claimers of due entries: each entry is won exactly once.
 pub async fn schedule_claim_race<H: Harness>(h: &H) {
     let s = h.fresh().await;
     let n = 40;
@@ -443,6 +452,7 @@ pub async fn schedule_claim_race<H: Harness>(h: &H) {
     );
 }
 
+/// Leases: acquire, renew, release, and tokens that only grow.
 pub async fn leases<H: Harness>(h: &H) {
     let s = h.fresh().await;
     let b = h.another_client(&s).await;
@@ -499,6 +509,7 @@ pub async fn leases<H: Harness>(h: &H) {
     );
 }
 
+/// An expired lease is taken over with a larger token, which fences out the old holder.
 pub async fn lease_expiry_and_takeover<H: Harness>(h: &H) {
     let s = h.fresh().await;
     let b = h.another_client(&s).await;
@@ -535,6 +546,7 @@ pub async fn lease_expiry_and_takeover<H: Harness>(h: &H) {
     ));
 }
 
+/// A 1 MiB snapshot goes in and comes back whole.
 pub async fn large_snapshot<H: Harness>(h: &H) {
     let s = h.fresh().await;
     let big: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 31 % 251) as u8).collect();
@@ -548,6 +560,7 @@ pub async fn large_snapshot<H: Harness>(h: &H) {
     );
 }
 
+/// Batch writes: each write is checked and applied on its own, results in order.
 pub async fn batch_writes<H: Harness>(h: &H) {
     let s = h.fresh().await;
     s.write_session(write("b1", "n1", b"x", None, 1))
@@ -577,6 +590,7 @@ pub async fn batch_writes<H: Harness>(h: &H) {
     assert!(s.write_sessions(&[]).await.is_empty());
 }
 
+/// Corrupt stored bytes are an error, never a panic (when the harness can corrupt them).
 pub async fn corrupt_bytes<H: Harness>(h: &H) {
     let s = h.fresh().await;
     s.write_session(write("bad", "n1", b"fine", None, 1))

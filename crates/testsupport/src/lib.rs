@@ -1,5 +1,6 @@
 //! Real `redis-server` processes for tests: on free loopback ports, in a temporary
 //! directory, stopped (SIGKILL) when dropped. Tests never use a shared or system server.
+#![warn(missing_docs)]
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -17,7 +18,9 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A `redis-server` process (standalone, or one node of a cluster).
 pub struct RedisServer {
+    /// Its loopback port.
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -45,6 +48,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 impl RedisServer {
+    /// Starts a server on a free port (`cluster`: with cluster mode on) and waits until it answers.
     pub fn start(cluster: bool) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let mut s = RedisServer {
@@ -97,6 +101,7 @@ impl RedisServer {
         });
     }
 
+    /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -115,6 +120,7 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Its working directory (for files the test wants to look at).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -128,10 +134,12 @@ impl Drop for RedisServer {
 
 /// Three masters, no replicas, all 16384 slots assigned.
 pub struct RedisCluster {
+    /// The masters, each a process of its own.
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Starts three masters and joins them into a cluster that covers every slot.
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start(true)).collect();
         let addrs: Vec<String> = nodes
@@ -156,6 +164,7 @@ impl RedisCluster {
         RedisCluster { nodes }
     }
 
+    /// The URLs of the masters.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
