@@ -21,8 +21,11 @@ pub const ORS_NS: &str = "urn:x-ors:scxml";
 /// are rejected, never truncated.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Largest document, in bytes.
     pub max_bytes: usize,
+    /// Deepest element nesting.
     pub max_depth: usize,
+    /// Most states (of every kind).
     pub max_states: usize,
     /// XML nodes of all kinds (elements, text, comments).
     pub max_nodes: u32,
@@ -42,6 +45,7 @@ impl Default for Limits {
 /// Loads the sources that a document names with `src` (`<script src>`, `<data src>`) at
 /// compile time. The engine itself never does I/O: the host decides what a URI means.
 pub trait Loader {
+    /// The text `uri` names, or why it cannot be had.
     fn load(&self, uri: &str) -> Result<String, String>;
 }
 
@@ -56,16 +60,20 @@ impl Loader for NoLoader {
 
 /// Checks an expression's syntax without running it (provided by a datamodel).
 pub trait SyntaxCheck {
+    /// `Ok` if `src` is a well-formed expression of `kind`, or the syntax error.
     fn check(&self, kind: ExprKind, src: &str) -> Result<(), String>;
 }
 
 /// One problem found in a document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// The document's name (file or URL) as given to the compiler.
     pub source_name: String,
+    /// Where the problem is.
     pub pos: Pos,
     /// The element involved, e.g. `transition`; empty for XML syntax errors.
     pub element: String,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -87,6 +95,7 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", display_all(.diagnostics))]
 pub struct CompileError {
+    /// Every problem, in source order.
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -99,8 +108,11 @@ fn display_all(d: &[Diagnostic]) -> String {
 
 /// What compiling needs besides the text.
 pub struct CompileOptions<'a> {
+    /// The document's name in diagnostics.
     pub source_name: &'a str,
+    /// Size limits.
     pub limits: Limits,
+    /// Loads `src` of `<script>` and `<data>`.
     pub loader: &'a dyn Loader,
     /// When set, malformed expressions are reported as errors. Without it they compile and
     /// raise `error.execution` when evaluated, as the W3C tests require.

@@ -11,24 +11,31 @@ use crate::model::{Content, DataItem, ExprId, StateId};
 pub struct DmError(pub String);
 
 impl DmError {
+    /// An error with this message.
     pub fn new(m: impl Into<String>) -> Self {
         DmError(m.into())
     }
 }
 
+/// A datamodel call's result.
 pub type DmResult<T> = Result<T, DmError>;
 
 /// What `<assign>` stores.
 pub enum AssignFrom<'a> {
+    /// The value of an expression.
     Expr(ExprId),
+    /// Inline `<assign>` content.
     Content(&'a Content),
+    /// A value the host computed.
     Value(&'a Value),
 }
 
 /// Values the platform defines for every session.
 #[derive(Debug, Clone)]
 pub struct SystemVars {
+    /// `_sessionid`.
     pub sessionid: String,
+    /// `_name` (the document's `name`).
     pub name: Option<String>,
     /// `_ioprocessors`: an object keyed by processor type with a `location` each.
     pub ioprocessors: Value,
@@ -64,15 +71,20 @@ impl SystemVars {
 /// datamodel may keep its live state elsewhere in between (the ECMAScript one swaps it in
 /// and out of a per-thread JS context).
 pub trait Datamodel {
+    /// Called before the session runs (see above).
     fn begin(&mut self) {}
+    /// Called after the session ran.
     fn end(&mut self) {}
     /// Declare every data item without a value (late binding declares all at start).
     fn declare(&mut self, item: &DataItem) -> DmResult<()>;
     /// Initialise a data item, from `value` when the host supplied one (invoke params,
     /// session-start parameters).
     fn init_data(&mut self, item: &DataItem, value: Option<&Value>) -> DmResult<()>;
+    /// Binds `_event` for the macrostep's event.
     fn set_event(&mut self, event: &Event);
+    /// Evaluates a condition.
     fn eval_cond(&mut self, e: ExprId) -> DmResult<bool>;
+    /// Evaluates a value expression.
     fn eval_value(&mut self, e: ExprId) -> DmResult<Value>;
     /// Evaluate `<content expr>`: like [`Datamodel::eval_value`], but a datamodel that
     /// holds XML documents returns them as XML.
@@ -81,11 +93,15 @@ pub trait Datamodel {
     }
     /// Evaluate and convert to a string with the datamodel's own rules.
     fn eval_string(&mut self, e: ExprId) -> DmResult<String>;
+    /// `<assign>`: stores a value at a location.
     fn assign(&mut self, location: ExprId, from: AssignFrom) -> DmResult<()>;
+    /// Runs a `<script>`.
     fn exec_script(&mut self, e: ExprId) -> DmResult<()>;
     /// Start a `<foreach>`: evaluate the array and keep a shallow copy; returns its length.
     fn foreach_begin(&mut self, array: ExprId) -> DmResult<usize>;
+    /// Binds item `i` (and its index) of the array from [`Datamodel::foreach_begin`].
     fn foreach_bind(&mut self, item: ExprId, index: Option<ExprId>, i: usize) -> DmResult<()>;
+    /// Ends the `<foreach>`.
     fn foreach_end(&mut self);
     /// Tells the datamodel about configuration changes (used by `In()`); only called when
     /// the document mentions `In(`.
@@ -103,6 +119,7 @@ pub struct NullDatamodel {
 }
 
 impl NullDatamodel {
+    /// The null datamodel of a session of `doc`.
     pub fn new(doc: std::sync::Arc<crate::Document>) -> Self {
         let n = doc.states.len();
         NullDatamodel {

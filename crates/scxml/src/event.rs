@@ -15,27 +15,38 @@ pub const SCXML_INVOKE_TYPE: &str = "http://www.w3.org/TR/scxml/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// The `_event.type` of an event.
 pub enum EventType {
+    /// Raised by the platform (`error.*`).
     Platform,
+    /// Raised by the session itself (`<raise>`, `<send target="#_internal">`).
     Internal,
+    /// From outside the session.
     External,
 }
 
 /// An SCXML event: what `_event` shows to the document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// `_event.name`.
     pub name: String,
     #[serde(rename = "type")]
+    /// `_event.type`.
     pub kind: EventType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `_event.sendid`: the id of the `<send>` that sent it (or of the failed send for an error).
     pub sendid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `_event.origin`: where to send a reply.
     pub origin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `_event.origintype`: the Event I/O Processor of `origin`.
     pub origintype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `_event.invokeid`: set on events from an invoked child.
     pub invokeid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `_event.data`.
     pub data: Option<Content>,
     /// The raw message as received (the BasicHTTP processor puts the HTTP request here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,6 +129,7 @@ pub enum SendTarget<'a> {
 }
 
 impl<'a> SendTarget<'a> {
+    /// Reads a target attribute.
     pub fn parse(target: &'a str) -> SendTarget<'a> {
         match target.strip_prefix("#_") {
             Some("parent") => SendTarget::Parent,
@@ -133,17 +145,21 @@ impl<'a> SendTarget<'a> {
 /// A child session the host is asked to start.
 #[derive(Debug, Clone)]
 pub struct InvokeRequest {
+    /// The invoke's id (given, or generated as `<state id>.<platform id>`).
     pub invokeid: String,
     /// The invoke type URI as written (normalised to [`SCXML_INVOKE_TYPE`] for SCXML).
     pub type_: String,
+    /// The child's document.
     pub source: InvokeSource,
     /// Values from `namelist` and `<param>`: they initialise the child's `<data>` of the
     /// same names.
     pub params: Vec<(String, serde_json::Value)>,
+    /// Whether the parent forwards its external events to the child.
     pub autoforward: bool,
 }
 
 #[derive(Debug, Clone)]
+/// Where an invoked child's document comes from.
 pub enum InvokeSource {
     /// A URI for the host to load (`src`/`srcexpr`).
     Uri(String),
@@ -160,29 +176,58 @@ pub enum Effect {
     /// Deliver `event` to `target` through the I/O processor `type_`. Targets the session
     /// handles itself (`#_internal`, no target) never appear here.
     Send {
+        /// The target attribute as evaluated.
         target: String,
+        /// The Event I/O Processor's type URI.
         type_: String,
+        /// The event, fully evaluated.
         event: Event,
     },
     /// Call [`crate::Session::fire_timer`] with `timer` at `due_ms` (clock of the host).
-    SetTimer { timer: u64, due_ms: u64 },
+    SetTimer {
+        /// The session's timer number.
+        timer: u64,
+        /// When it is due.
+        due_ms: u64,
+    },
     /// A timer set earlier was cancelled; it must not fire.
-    CancelTimer { timer: u64 },
+    CancelTimer {
+        /// The timer number from [`Effect::SetTimer`].
+        timer: u64,
+    },
     /// Start a child session.
     Invoke(InvokeRequest),
     /// Cancel a child session started by [`Effect::Invoke`].
-    CancelInvoke { invokeid: String },
+    CancelInvoke {
+        /// The child's invoke id.
+        invokeid: String,
+    },
     /// `<log>`.
-    Log { label: String, message: String },
+    Log {
+        /// The `label` attribute.
+        label: String,
+        /// The evaluated `expr`.
+        message: String,
+    },
     /// ORS `<response>`: answer the request whose event had `sendid == requestid`.
     Response {
+        /// The `sendid` of the request's event.
         requestid: String,
+        /// `false` for a failure response.
         positive: bool,
+        /// The document's `resultcode`.
         resultcode: Option<String>,
+        /// The response's parameters.
         params: serde_json::Map<String, serde_json::Value>,
     },
     /// The session reached a top-level final state (or was cancelled); it is over.
-    Done { data: Option<Content> },
+    Done {
+        /// The `<donedata>` of the final state reached, if any.
+        data: Option<Content>,
+    },
     /// The session was stopped because it broke a limit (e.g. an endless eventless loop).
-    Aborted { reason: String },
+    Aborted {
+        /// Which limit, in words.
+        reason: String,
+    },
 }

@@ -49,11 +49,14 @@ pub(crate) struct ActiveInvoke {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     #[error("the session's event queue is full ({0} events)")]
+    /// It holds its maximum number of events.
     Full(usize),
     #[error("the session has ended")]
+    /// It reached a final state or was cancelled.
     Ended,
 }
 
+/// A running SCXML session: see the [module documentation](self).
 pub struct Session {
     pub(crate) doc: Arc<Document>,
     pub(crate) dm: Box<dyn Datamodel>,
@@ -137,14 +140,17 @@ impl Session {
         self.target_check = Some(check);
     }
 
+    /// The same session with other limits.
     pub fn with_limits(mut self, limits: SessionLimits) -> Self {
         self.limits = limits;
         self
     }
 
+    /// The session's document.
     pub fn document(&self) -> &Arc<Document> {
         &self.doc
     }
+    /// The session's id.
     pub fn id(&self) -> &str {
         &self.sessionid
     }
@@ -152,6 +158,7 @@ impl Session {
     pub fn is_running(&self) -> bool {
         self.running || !self.started
     }
+    /// True once the session has ended.
     pub fn is_done(&self) -> bool {
         self.started && !self.running
     }

@@ -16,6 +16,7 @@ use crate::session::Session;
 
 /// What [`LocalHost`] needs from its embedder.
 pub trait SessionFactory {
+    /// The datamodel of a new session.
     fn datamodel(&self, doc: &Arc<Document>, vars: &SystemVars) -> Box<dyn Datamodel>;
     /// Loads and compiles the document an `<invoke src>` names.
     fn load(&self, uri: &str) -> Result<Arc<Document>, String>;
@@ -26,8 +27,11 @@ pub trait SessionFactory {
 /// A log line from a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
+    /// The session that logged.
     pub sessionid: String,
+    /// The `label` attribute.
     pub label: String,
+    /// The evaluated `expr`.
     pub message: String,
 }
 
@@ -49,6 +53,7 @@ pub struct LocalHost<F: SessionFactory> {
     seq: u64,
     prefix: String,
     next_session: Rc<Cell<u64>>,
+    /// Every `<log>` so far, in order (drain it as you go).
     pub logs: Vec<LogLine>,
     /// Ids of running sessions, shared with each session's target check.
     live: Rc<RefCell<BTreeSet<String>>>,
@@ -81,10 +86,12 @@ impl<F: SessionFactory> LocalHost<F> {
         }
     }
 
+    /// The host's clock.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }
 
+    /// A session of the host (running or ended).
     pub fn session(&self, id: &str) -> Option<&Session> {
         self.host.get(id).map(|h| &h.session)
     }

@@ -39,12 +39,15 @@ pub use local::{LocalHost, LogLine, SessionFactory};
 /// The session that invoked a child, and the `<invoke>` id it knows the child by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParentLink {
+    /// The parent's id.
     pub session: String,
+    /// The `<invoke>` id.
     pub invokeid: String,
 }
 
 /// A session in a host, with its place in the session tree and the embedder's own data.
 pub struct Hosted<M> {
+    /// The engine's session.
     pub session: Session,
     /// Set for invoked sessions; cleared when the parent cancels the child.
     pub parent: Option<ParentLink>,
@@ -60,57 +63,91 @@ pub enum Output {
     /// Deliver `event` to session `to`, which this host does not hold (another worker or
     /// node). If it cannot be delivered, answer with [`SessionHost::report_undeliverable`].
     Forward {
+        /// The sending session.
         from: String,
+        /// The receiving session.
         to: String,
+        /// The event, as the receiver gets it.
         event: Event,
     },
     /// Session `session` belongs to this host but is not in memory. Answer with
     /// [`SessionHost::insert`] or [`SessionHost::abandon`]; events for it wait meanwhile.
-    Load { session: String },
+    Load {
+        /// The session to load.
+        session: String,
+    },
     /// A send through an Event I/O Processor other than SCXML's (BasicHTTP, ...).
     Send {
+        /// The sending session.
         from: String,
+        /// The target URI.
         target: String,
+        /// The processor's type URI.
         type_: String,
+        /// The event.
         event: Event,
     },
     /// Create child session `child` of `parent` from `request.source`: answer with
     /// [`SessionHost::start`] (with a [`ParentLink`]) or [`SessionHost::invoke_failed`]. A
     /// child this host does not hold is started wherever the embedder puts it.
     Invoke {
+        /// The invoking session.
         parent: String,
+        /// The id the child must get.
         child: String,
+        /// The engine's request (document source, parameters).
         request: InvokeRequest,
     },
     /// Cancel session `session`, an invoked child that is not in this host's memory.
-    CancelElsewhere { session: String },
+    CancelElsewhere {
+        /// The child to cancel.
+        session: String,
+    },
     /// Call [`SessionHost::fire_timer`] for `session`'s `timer` at `due_ms`.
     SetTimer {
+        /// The session that set it.
         session: String,
+        /// The engine's timer number.
         timer: u64,
+        /// When it is due, on the embedder's clock.
         due_ms: u64,
     },
     /// The timer must not fire (firing it anyway is harmless: the session forgot it).
-    CancelTimer { session: String, timer: u64 },
+    CancelTimer {
+        /// The session that set it.
+        session: String,
+        /// The timer number from [`Output::SetTimer`].
+        timer: u64,
+    },
     /// ORS `<response>` to the request whose event had `sendid == requestid`.
     Response {
+        /// The responding session.
         session: String,
+        /// The request's id (its event's `sendid`).
         requestid: String,
+        /// `false` for a failure response.
         positive: bool,
+        /// The document's `resultcode`.
         resultcode: Option<String>,
+        /// The response's parameters.
         params: serde_json::Map<String, Value>,
     },
     /// `<log>`.
     Log {
+        /// The logging session.
         session: String,
+        /// The `label` attribute.
         label: String,
+        /// The evaluated `expr`.
         message: String,
     },
     /// The session is over: it reached a top-level final state (`reason: None`), was
     /// cancelled, or was aborted for breaking a limit. It stays in the host, not running,
     /// until the embedder removes it.
     Ended {
+        /// The session.
         session: String,
+        /// `None` for a normal end, else why (see [`CANCELLED`]).
         reason: Option<String>,
     },
 }
@@ -119,8 +156,10 @@ pub enum Output {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
     #[error("the session is not in this host")]
+    /// The host does not have that session in memory.
     NotHere,
     #[error(transparent)]
+    /// The session refused it (its queue is full, or it ended).
     Queue(#[from] QueueError),
 }
 
@@ -166,14 +205,17 @@ impl<M> SessionHost<M> {
         }
     }
 
+    /// A session in memory.
     pub fn get(&self, sid: &str) -> Option<&Hosted<M>> {
         self.sessions.get(sid)
     }
 
+    /// A session in memory, to change.
     pub fn get_mut(&mut self, sid: &str) -> Option<&mut Hosted<M>> {
         self.sessions.get_mut(sid)
     }
 
+    /// Whether a session is in memory.
     pub fn contains(&self, sid: &str) -> bool {
         self.sessions.contains_key(sid)
     }
@@ -183,6 +225,7 @@ impl<M> SessionHost<M> {
         self.sessions.len()
     }
 
+    /// Whether no session is in memory.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }
