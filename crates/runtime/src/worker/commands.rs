@@ -1,0 +1,139 @@
+//! The input side of a worker: what each command does to its host.
+
+use std::time::Instant;
+
+use ors_scxml::Event;
+use ors_scxml::host::PushError;
+use ors_scxml::session::QueueError;
+use serde_json::Value;
+
+use super::{Batch, Command, Worker};
+use crate::{QueryResult, RuntimeError, now_ms};
+
+impl Worker {
+    pub(super) async fn handle(&mut self, cmd: Command, batch: &mut Batch) {
+        match cmd {
+            Command::Start {
+                sid,
+                doc,
+                document,
+                params,
+                parent,
+                reply,
+            } => {
+                self.start(sid.clone(), doc, document, &params, parent, batch);
+                if let Some(r) = reply {
+                    batch.acks.push((sid, r));
+                }
+            }
+            Command::Event { sid, event, reply } => {
+                if let Err(e) = self.ensure_loaded(&sid).await {
+                    let _ = reply.send(Err(self.explain(&sid, e)));
+                    return;
+                }
+                match self.host.push(&sid, event) {
+                    Ok(()) => {
+                        if let Some(h) = self.host.get_mut(&sid) {
+                            h.meta.last_active = Instant::now();
+                        }
+                        batch.acks.push((sid, reply));
+                    }
+                    Err(PushError::Queue(QueueError::Ended)) => {
+                        let _ = reply
+                            .send(Err(RuntimeError::NotFound(format!("{sid} (it has ended)"))));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RuntimeError::Overloaded(e.to_string())));
+                    }
+                }
+            }
+            Command::Deliver { from, to, event } => {
+                let sendid = event.sendid.clone();
+                let result = match self.ensure_loaded(&to).await {
+                    Ok(()) => self.host.push(&to, event).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(reason) = result {
+                    let back = Command::Undeliverable {
+                        from: from.clone(),
+                        sendid,
+                        reason,
+                    };
+                    batch.remote.push((None, from, back));
+                }
+            }
+            Command::Undeliverable {
+                from,
+                sendid,
+                reason,
+            } => {
+                if self.ensure_loaded(&from).await.is_ok() {
+                    self.host.report_undeliverable(&from, sendid, &reason);
+                }
+            }
+            Command::Query { sid, reply } => {
+                let r = match self.ensure_loaded(&sid).await {
+                    Ok(()) => {
+                        let h = self.host.get_mut(&sid).expect("loaded");
+                        Ok(QueryResult {
+                            sessionid: sid.clone(),
+                            configuration: h.session.active_atomic_states(),
+                            active_states: h.session.active_states(),
+                            datamodel: h.session.datamodel_json().unwrap_or(Value::Null),
+                            done: h.session.is_done(),
+                        })
+                    }
+                    Err(e) => match self.shared.finished.get(&sid) {
+                        Some(conf) => Ok(QueryResult::finished(&sid, conf)),
+                        None => Err(e),
+                    },
+                };
+                let _ = reply.send(r);
+            }
+            Command::Terminate { sid, reply } => match self.ensure_loaded(&sid).await {
+                Ok(()) => {
+                    self.host.cancel(&sid, now_ms());
+                    if let Some(r) = reply {
+                        batch.acks.push((sid, r));
+                    }
+                }
+                Err(e) => {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(e));
+                    }
+                }
+            },
+            Command::FireTimer { sid, timer, reply } => match self.ensure_loaded(&sid).await {
+                Ok(()) => {
+                    self.host.fire_timer(&sid, timer, now_ms());
+                    batch.acks.push((sid, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Recover { sid } => match self.ensure_loaded(&sid).await {
+                Ok(()) => {
+                    let h = self.host.get(&sid).expect("loaded");
+                    if h.session.document().send_session_recovered {
+                        let _ = self
+                            .host
+                            .push(&sid, Event::external("session.recovered", None));
+                    }
+                }
+                Err(e) => tracing::warn!(session = %sid, error = %e, "could not recover session"),
+            },
+            Command::Shutdown { .. } => unreachable!("handled by the batch"),
+        }
+    }
+
+    /// `NotFound` for a session that ended recently says so.
+    pub(super) fn explain(&self, sid: &str, e: RuntimeError) -> RuntimeError {
+        match e {
+            RuntimeError::NotFound(_) if self.shared.finished.get(sid).is_some() => {
+                RuntimeError::NotFound(format!("{sid} (it has ended)"))
+            }
+            e => e,
+        }
+    }
+}

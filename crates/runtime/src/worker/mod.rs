@@ -1,0 +1,351 @@
+//! A worker thread: the async shell around a [`SessionHost`]. It owns its sessions (and
+//! their JS state), feeds the host the commands waiting for it (`commands.rs`), carries
+//! out the host's outputs (`outputs.rs`: loading sessions and documents, routing to other
+//! workers), persists the batch with [`persist`], and only then acknowledges and releases
+//! what the batch produced. `sessions.rs` makes and restores sessions.
+
+mod commands;
+mod outputs;
+mod sessions;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ors_scxml::host::{ParentLink, SessionHost};
+use ors_scxml::{Document, Event};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::persist::{Plan, SnapshotWrite, StoredSession, persist};
+use crate::workers::{Inbox, shard_of};
+use crate::{QueryResult, RuntimeError, Shared, now_ms, owner_node};
+
+type Reply<T> = oneshot::Sender<Result<T, RuntimeError>>;
+
+/// Commands in at most one batch; more wait for the next.
+const MAX_BATCH: usize = 1024;
+/// Macrosteps in one batch before the worker persists what it has and takes new commands
+/// (sessions that keep each other busy cannot starve the others).
+const MAX_STEPS: usize = 100_000;
+
+pub(crate) enum Command {
+    /// Start a session: a new one, or a child invoked by a session of another worker.
+    Start {
+        sid: String,
+        doc: Arc<Document>,
+        /// The document's key in the store (a content hash, or `<parent>#<path>` for an
+        /// inline child document).
+        document: String,
+        params: Vec<(String, Value)>,
+        parent: Option<ParentLink>,
+        reply: Option<Reply<()>>,
+    },
+    /// An external event from outside; acknowledged once durable.
+    Event {
+        sid: String,
+        event: Event,
+        reply: Reply<()>,
+    },
+    /// An event from session `from` (on another worker) to `to`.
+    Deliver {
+        from: String,
+        to: String,
+        event: Event,
+    },
+    /// A send of `from` could not be delivered: raise `error.communication` in it.
+    Undeliverable {
+        from: String,
+        sendid: Option<String>,
+        reason: String,
+    },
+    Query {
+        sid: String,
+        reply: Reply<QueryResult>,
+    },
+    Terminate {
+        sid: String,
+        reply: Option<Reply<()>>,
+    },
+    /// A delayed send is due; answered once its effect is durable.
+    FireTimer {
+        sid: String,
+        timer: u64,
+        reply: Reply<()>,
+    },
+    Recover {
+        sid: String,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What the worker keeps per session beside the engine's state.
+pub(crate) struct Slot {
+    /// The document's key in the store.
+    document: String,
+    /// Store version; `None` until first written.
+    version: Option<u64>,
+    persist: bool,
+    last_active: Instant,
+}
+
+/// What a batch produced that waits for its durable write. Work for elsewhere is tagged
+/// with the session that produced it and released only if that session's state is
+/// durable (otherwise the session rolls back and will produce it again).
+#[derive(Default)]
+struct Batch {
+    acks: Vec<(String, Reply<()>)>,
+    plan: Plan,
+    ended: Vec<String>,
+    /// `(origin session or None, target session, command)`.
+    remote: Vec<(Option<String>, String, Command)>,
+    /// `(from, target URL, event)`: BasicHTTP sends to other servers.
+    http: Vec<(String, String, Event)>,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    me: usize,
+    host: SessionHost<Slot>,
+    /// The main runtime, where store calls run (see [`Worker::on_main`]).
+    main: tokio::runtime::Handle,
+    /// Schedule entries whose removal failed; retried with the next batch.
+    removals_left: Vec<String>,
+}
+
+pub(crate) fn run(shared: Arc<Shared>, me: usize, mut inbox: Inbox, main: tokio::runtime::Handle) {
+    ors_ecmascript::configure_thread(shared.cfg.js);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime");
+    let workers = shared.workers.count();
+    let node = shared.cfg.node_id.clone();
+    let ids = shared.clone();
+    let host = SessionHost::new(
+        Box::new(move |sid| owner_node(sid) == Some(node.as_str()) && shard_of(sid, workers) == me),
+        Box::new(move || ids.new_session_id()),
+    );
+    let mut w = Worker {
+        shared,
+        me,
+        host,
+        main,
+        removals_left: Vec::new(),
+    };
+    rt.block_on(async {
+        let mut idle_scan = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let mut commands = Vec::new();
+            // Sessions left ready by a batch that hit MAX_STEPS run on without waiting.
+            if !w.host.has_ready() {
+                tokio::select! {
+                    biased;
+                    c = inbox.internal.recv() => commands.extend(c),
+                    c = inbox.api.recv() => commands.extend(c),
+                    _ = idle_scan.tick() => {
+                        w.deactivate_idle();
+                        continue;
+                    }
+                }
+            }
+            while commands.len() < MAX_BATCH
+                && let Ok(c) = inbox.internal.try_recv()
+            {
+                commands.push(c);
+            }
+            while commands.len() < MAX_BATCH
+                && let Ok(c) = inbox.api.try_recv()
+            {
+                commands.push(c);
+            }
+            if w.batch(commands).await {
+                break;
+            }
+        }
+    });
+    // Drop sessions (and their JS values) before the thread's JS runtime.
+    w.host.retain(|_, _| false);
+    w.shared.workers.set_live(w.me, 0);
+    ors_ecmascript::release_thread();
+}
+
+impl Worker {
+    /// Runs one batch: commands, macrosteps, the durable write, then acknowledgements.
+    /// Returns `true` when the worker was asked to stop.
+    async fn batch(&mut self, commands: Vec<Command>) -> bool {
+        let mut batch = Batch::default();
+        let mut stop = Vec::new();
+        for cmd in commands {
+            match cmd {
+                Command::Shutdown { reply } => stop.push(reply),
+                other => self.handle(other, &mut batch).await,
+            }
+        }
+        self.drive(&mut batch).await;
+        self.flush(batch).await;
+        let stopping = !stop.is_empty();
+        for r in stop {
+            let _ = r.send(());
+        }
+        stopping
+    }
+
+    fn holds(&self, sid: &str) -> bool {
+        owner_node(sid) == Some(self.shared.cfg.node_id.as_str())
+            && self.shared.workers.shard(sid) == self.me
+    }
+
+    /// Runs a store call on the main runtime and waits for it.
+    ///
+    /// Why there: the store clients (fred's connections, cdrs-tokio's sessions) are
+    /// created on the main runtime, whose threads drive their I/O; this worker's
+    /// current-thread runtime only runs while the worker is not busy with JS.
+    async fn on_main<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        self.main
+            .spawn(call)
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))
+    }
+
+    /// Runs the host until it is quiet, carrying out its outputs.
+    async fn drive(&mut self, batch: &mut Batch) {
+        let mut steps = 0;
+        loop {
+            steps += self.host.run(now_ms(), MAX_STEPS - steps);
+            let mut any = false;
+            while let Some(out) = self.host.poll_output() {
+                any = true;
+                self.carry_out(out, batch).await;
+            }
+            if steps >= MAX_STEPS {
+                tracing::warn!("sessions on this worker keep each other busy; persisting first");
+                return;
+            }
+            if !any && !self.host.has_ready() {
+                return;
+            }
+        }
+    }
+
+    fn deactivate_idle(&mut self) {
+        let limit = self.shared.cfg.idle_timeout;
+        let gone = self.host.retain(|_, h| {
+            !(h.meta.persist && h.meta.version.is_some() && h.meta.last_active.elapsed() > limit)
+        });
+        if gone > 0 {
+            tracing::debug!(sessions = gone, "deactivated idle sessions");
+        }
+        self.shared.workers.set_live(self.me, self.host.len());
+    }
+
+    /// Makes the batch durable, then acknowledges it and releases what it produced.
+    async fn flush(&mut self, mut batch: Batch) {
+        let ended: HashSet<String> = batch.ended.iter().cloned().collect();
+        let mut failed: HashMap<String, RuntimeError> = HashMap::new();
+        for sid in self.host.take_changed() {
+            let Some(h) = self.host.get_mut(&sid) else {
+                continue;
+            };
+            if ended.contains(&sid) {
+                if h.meta.version.is_some() {
+                    batch.plan.deletions.push(sid);
+                }
+                continue;
+            }
+            if !h.meta.persist {
+                continue;
+            }
+            match StoredSession::of(h, true) {
+                Ok(bytes) => batch.plan.snapshots.push(SnapshotWrite {
+                    document: h.meta.document.clone(),
+                    expected: h.meta.version,
+                    session: sid,
+                    bytes,
+                }),
+                Err(e) => {
+                    let e = RuntimeError::Internal(format!("snapshot failed: {e}"));
+                    failed.insert(sid, e);
+                }
+            }
+        }
+        batch.plan.retried_removals = std::mem::take(&mut self.removals_left);
+        let store = self.shared.store.clone();
+        let node = self.shared.cfg.node_id.clone();
+        let fence = self.shared.fence();
+        let plan = std::mem::take(&mut batch.plan);
+        let outcome = match self
+            .on_main(async move { persist(&*store, &node, fence, plan).await })
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                // The store task died: nothing of this batch is known to be durable.
+                for (_, r) in batch.acks {
+                    let _ = r.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        for (sid, version) in outcome.versions {
+            if let Some(h) = self.host.get_mut(&sid) {
+                h.meta.version = Some(version);
+            }
+        }
+        for (sid, e) in outcome.failed {
+            // Not durable: forget our copy, so the next use reloads the stored state (or
+            // finds that another node owns the session now).
+            tracing::error!(session = %sid, error = %e, "session write failed; dropping it from memory");
+            self.host.remove(&sid);
+            failed.insert(sid, e.into());
+        }
+        for sid in batch.ended {
+            if failed.contains_key(&sid) {
+                continue;
+            }
+            if let Some(h) = self.host.remove(&sid) {
+                self.shared
+                    .finished
+                    .record(&sid, h.session.active_atomic_states());
+            }
+        }
+        self.removals_left = outcome.removals_left;
+        for (sid, r) in batch.acks {
+            let _ = r.send(match failed.get(&sid) {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            });
+        }
+        for due in outcome.due {
+            self.shared.scheduler.wake_at(due);
+        }
+        for (origin, to, cmd) in batch.remote {
+            if origin.is_none_or(|o| !failed.contains_key(&o)) {
+                self.shared.workers.send_internal(&to, cmd);
+            }
+        }
+        for (from, target, event) in batch.http {
+            if !failed.contains_key(&from) {
+                let shared = self.shared.clone();
+                self.main.spawn(async move {
+                    if let Err(reason) = crate::basichttp::post(&shared.http, &target, &event).await
+                    {
+                        tracing::info!(session = %from, "{reason}");
+                        let cmd = Command::Undeliverable {
+                            from: from.clone(),
+                            sendid: event.sendid,
+                            reason,
+                        };
+                        shared.workers.send_internal(&from, cmd);
+                    }
+                });
+            }
+        }
+        self.shared.workers.set_live(self.me, self.host.len());
+    }
+}

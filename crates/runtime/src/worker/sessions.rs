@@ -1,0 +1,120 @@
+//! Making and restoring the sessions of a worker: limits, hooks, datamodels, loading from
+//! the store.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ors_scheduler::Job;
+use ors_scxml::event::SendTarget;
+use ors_scxml::host::{Hosted, ParentLink};
+use ors_scxml::{Document, Session, SessionLimits, SystemVars};
+use serde_json::Value;
+
+use super::{Batch, Slot, Worker};
+use crate::persist::StoredSession;
+use crate::{RuntimeError, now_ms, owner_node};
+
+impl Worker {
+    /// A session of this runtime, new or restored: its limits and the host's hooks.
+    pub(super) fn prepare(&self, s: Session) -> Session {
+        let mut s = s.with_limits(SessionLimits {
+            max_queue: self.shared.cfg.max_queue,
+            ..SessionLimits::default()
+        });
+        let own = self.shared.basichttp_location(s.id());
+        s.set_loopback(Box::new(move |target, event| {
+            (target == own).then(|| crate::basichttp::loopback(target, event))
+        }));
+        // Session ids carry their node: a target on another node (or malformed) can be
+        // refused at once; whether a local id exists is known only on delivery.
+        let node = self.shared.cfg.node_id.clone();
+        s.set_target_check(Box::new(move |target| match SendTarget::parse(target) {
+            SendTarget::Session(id) => owner_node(id) == Some(node.as_str()),
+            _ => true,
+        }));
+        s
+    }
+
+    pub(super) fn datamodel(
+        &self,
+        sid: &str,
+        doc: &Arc<Document>,
+    ) -> Box<dyn ors_scxml::Datamodel> {
+        let http = self.shared.basichttp_location(sid);
+        ors_ecmascript::datamodel_for(doc, &SystemVars::new(sid, doc, Some(&http)))
+    }
+
+    /// Reads a session of this worker from the store and restores it.
+    pub(super) async fn load(&self, sid: &str) -> Result<Hosted<Slot>, RuntimeError> {
+        self.shared.check_owner(sid)?;
+        let store = self.shared.store.clone();
+        let id = sid.to_string();
+        let rec = self
+            .on_main(async move { store.read_session(&id).await })
+            .await??
+            .ok_or_else(|| RuntimeError::NotFound(sid.to_string()))?;
+        if rec.node != self.shared.cfg.node_id {
+            return Err(RuntimeError::WrongNode {
+                session: sid.into(),
+                node: rec.node,
+            });
+        }
+        let stored = StoredSession::decode(&rec.snapshot).map_err(|e| {
+            RuntimeError::Internal(format!("session {sid} has a corrupt snapshot: {e}"))
+        })?;
+        let doc = self.shared.docs.get(&rec.document).await?;
+        let dm = self.datamodel(sid, &doc);
+        let session = Session::restore(doc, dm, &stored.snapshot).map_err(|e| {
+            RuntimeError::Internal(format!("session {sid} cannot be restored: {e}"))
+        })?;
+        Ok(Hosted {
+            session: self.prepare(session),
+            parent: stored.parent_link(),
+            children: stored.children,
+            meta: Slot {
+                document: rec.document,
+                version: Some(rec.version),
+                persist: stored.persist,
+                last_active: Instant::now(),
+            },
+        })
+    }
+
+    /// Makes sure a session of this worker is in memory.
+    pub(super) async fn ensure_loaded(&mut self, sid: &str) -> Result<(), RuntimeError> {
+        if self.host.contains(sid) {
+            return Ok(());
+        }
+        let hosted = self.load(sid).await?;
+        self.host.insert(hosted);
+        Ok(())
+    }
+
+    pub(super) fn start(
+        &mut self,
+        sid: String,
+        doc: Arc<Document>,
+        document: String,
+        params: &[(String, Value)],
+        parent: Option<ParentLink>,
+        batch: &mut Batch,
+    ) {
+        let dm = self.datamodel(&sid, &doc);
+        let session = self.prepare(Session::new(doc.clone(), dm, sid.clone()));
+        let slot = Slot {
+            document,
+            version: None,
+            persist: doc.persist.unwrap_or(self.shared.cfg.persistence_default),
+            last_active: Instant::now(),
+        };
+        if self.host.start(session, params, parent, slot, now_ms())
+            && let Some(life) = self.shared.cfg.max_session_lifetime
+        {
+            let job = Job::Lifetime {
+                session: sid.clone(),
+            };
+            let due = now_ms() + life.as_millis() as u64;
+            batch.plan.schedule_puts.push((sid, job.entry(due)));
+        }
+    }
+}
