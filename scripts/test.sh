@@ -37,6 +37,9 @@ else
   echo "NOTE: cargo-deny is not installed; skipping the dependency policy check (cargo install cargo-deny)"
 fi
 
+echo "== cargo doc (broken intra-doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 echo "== cargo test"
 if [ -z "${ORS_TEST_CASSANDRA_NODES:-}" ]; then
   echo "NOTE: the Cassandra conformance suite and server scenarios are SKIPPED (set ORS_TEST_CASSANDRA_NODES=host[;host] to run them);"

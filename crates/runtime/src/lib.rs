@@ -9,7 +9,7 @@
 //! batch produced, so no acknowledgement precedes its durable write.
 //!
 //! Delayed `<send>`s, scheduled starts and lifetime limits are jobs of `ors-scheduler`,
-//! fired by [`jobs`]'s `Fire` implementation. On start-up the node takes its lease (the
+//! fired by the runtime's `Fire` implementation (`jobs.rs`). On start-up the node takes its lease (the
 //! fencing token for every session write), reloads the sessions it owns and re-arms
 //! nothing by hand: their timers are already in the store.
 

@@ -221,7 +221,7 @@ pub enum Action {
         /// Its code.
         body: ExprId,
     },
-    /// ORS Web API `<response>` (namespace [`crate::ORS_NS`]): answer a pending request.
+    /// ORS Web API `<response>` (namespace [`crate::compile::ORS_NS`]): answer a pending request.
     Response(Box<Response>),
     /// A source that failed to load at compile time (e.g. `<script src>` with a lenient
     /// loader): raises `error.execution` when executed.

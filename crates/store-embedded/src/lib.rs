@@ -21,7 +21,7 @@ const BY_SESSION: TableDefinition<(&str, &str), ()> = TableDefinition::new("sche
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 const LEASE_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("lease_tokens");
 
-/// A [`SessionStore`](ors_store::SessionStore) in one redb file: crash-safe (one fsync per call), for one process at a time.
+/// A [`SessionStore`] in one redb file: crash-safe (one fsync per call), for one process at a time.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,

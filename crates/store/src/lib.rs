@@ -194,7 +194,7 @@ pub struct Lease {
     pub expires_at_ms: u64,
 }
 
-/// The session store. Every backend implements this and passes [`testkit`]'s suite.
+/// The session store. Every backend implements this and passes the suite of the `testkit` feature.
 ///
 /// Guarantees every implementation gives:
 /// - A call that returned `Ok` is durable (as durable as the backend is configured to be).
