@@ -1,0 +1,253 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod coordinator;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ors_store::{SessionStore, StoreError};
+use tokio::sync::Notify;
+
+pub use coordinator::{Change, Coordinator, Identity, Primary, Request, Role, Timing};
+
+/// What the host does when its role changes. Called from the driver task, in order.
+#[async_trait]
+pub trait Roles: Send + Sync + 'static {
+    /// This process is the node's primary now; every write carries `token`.
+    async fn became_primary(&self, token: u64);
+    /// This process is a backup now: stop serving, drop the node's sessions from memory.
+    async fn stepped_down(&self, reason: &str);
+    /// The node's primary is this one (or none is known).
+    fn primary_is(&self, primary: Option<&Primary>);
+}
+
+/// The running coordinator of this process: a task that renews or takes the lease.
+pub struct Cluster {
+    coordinator: Arc<Mutex<Coordinator>>,
+    store: Arc<dyn SessionStore>,
+    roles: Arc<dyn Roles>,
+    stop: Arc<Notify>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    clock: Clock,
+}
+
+/// Milliseconds on this process's monotonic clock (lease validity is judged on it).
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+fn lock(m: &Mutex<Coordinator>) -> std::sync::MutexGuard<'_, Coordinator> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    /// Starts the coordinator. Before returning it tries to become primary: at once if the
+    /// lease is free, or, if the lease is held by a process of the same `instance` (this
+    /// process's predecessor, e.g. before a restart), by waiting for that lease to expire.
+    /// A lease held by another instance makes this process a backup at once.
+    pub async fn start(
+        store: Arc<dyn SessionStore>,
+        id: Identity,
+        timing: Timing,
+        roles: Arc<dyn Roles>,
+    ) -> Cluster {
+        let clock = Clock(Instant::now());
+        let c = Cluster {
+            coordinator: Arc::new(Mutex::new(Coordinator::new(id, timing, clock.now_ms()))),
+            store,
+            roles,
+            stop: Arc::new(Notify::new()),
+            task: Mutex::new(None),
+            clock,
+        };
+        let deadline =
+            clock.now_ms() + (timing.lease_ttl + Duration::from_secs(2)).as_millis() as u64;
+        let (name, mine) = {
+            let co = lock(&c.coordinator);
+            (co.identity().lease_name(), co.identity().instance.clone())
+        };
+        loop {
+            c.round().await;
+            if c.role() == Role::Primary || clock.now_ms() > deadline {
+                break;
+            }
+            // Held by a process of this instance: our predecessor, which no backup may
+            // replace sooner than we can. Anything else: we are a backup.
+            let holder = c.store.read_lease(&name).await.ok().flatten();
+            if holder.is_none_or(|l| Primary::from_holder(&l.holder).instance != mine) {
+                break;
+            }
+            tracing::info!(lease = %name, "waiting for the lease of this instance's previous process to expire");
+            let wait = lock(&c.coordinator)
+                .next_wakeup_ms()
+                .saturating_sub(clock.now_ms());
+            tokio::time::sleep(Duration::from_millis(wait.max(20))).await;
+        }
+        let driver = Driver {
+            coordinator: c.coordinator.clone(),
+            store: c.store.clone(),
+            roles: c.roles.clone(),
+            stop: c.stop.clone(),
+            clock,
+        };
+        *c.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::spawn(driver.run()));
+        c
+    }
+
+    /// This process's role now.
+    pub fn role(&self) -> Role {
+        lock(&self.coordinator).role()
+    }
+
+    /// The node's primary as last known.
+    pub fn primary(&self) -> Option<Primary> {
+        lock(&self.coordinator).primary().cloned()
+    }
+
+    /// One round of store calls without the background task (used by `start`).
+    async fn round(&self) {
+        let driver = Driver {
+            coordinator: self.coordinator.clone(),
+            store: self.store.clone(),
+            roles: self.roles.clone(),
+            stop: self.stop.clone(),
+            clock: self.clock,
+        };
+        // Acquire, and on failure read who holds the lease.
+        for _ in 0..2 {
+            driver.step().await;
+        }
+    }
+
+    /// Graceful shutdown: stops the task, steps down and releases the lease at once so a
+    /// backup takes over without waiting for it to expire.
+    pub async fn resign(&self) {
+        self.stop.notify_one();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        let lease = lock(&self.coordinator).resign(self.clock.now_ms());
+        let driver = Driver {
+            coordinator: self.coordinator.clone(),
+            store: self.store.clone(),
+            roles: self.roles.clone(),
+            stop: self.stop.clone(),
+            clock: self.clock,
+        };
+        driver.deliver_changes().await;
+        if let Some(l) = lease
+            && let Err(e) = self.store.release_lease(&l).await
+        {
+            tracing::warn!(error = %e, "could not release the node lease; it expires on its own");
+        }
+    }
+}
+
+/// A store call's result, or `Unavailable` if it did not finish in time.
+fn bounded<T>(
+    r: Result<Result<T, StoreError>, tokio::time::error::Elapsed>,
+) -> Result<T, StoreError> {
+    r.unwrap_or_else(|_| Err(StoreError::Unavailable("lease call timed out".into())))
+}
+
+struct Driver {
+    coordinator: Arc<Mutex<Coordinator>>,
+    store: Arc<dyn SessionStore>,
+    roles: Arc<dyn Roles>,
+    stop: Arc<Notify>,
+    clock: Clock,
+}
+
+impl Driver {
+    async fn run(self) {
+        loop {
+            if self.step().await {
+                continue;
+            }
+            let wake = lock(&self.coordinator).next_wakeup_ms();
+            let wait = Duration::from_millis(wake.saturating_sub(self.clock.now_ms()).max(1));
+            tokio::select! {
+                _ = self.stop.notified() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Makes the store call due now, if any, and acts on what changed. Returns whether a
+    /// call was made.
+    async fn step(&self) -> bool {
+        let (request, id, timing) = {
+            let mut co = lock(&self.coordinator);
+            (
+                co.poll(self.clock.now_ms()),
+                co.identity().clone(),
+                co.timing(),
+            )
+        };
+        self.deliver_changes().await;
+        let Some(request) = request else {
+            return false;
+        };
+        let ttl = timing.lease_ttl.as_millis() as u64;
+        // A call that hangs must not keep a primary from noticing its lease ran out.
+        let limit = timing.renew_every.max(Duration::from_millis(100));
+        let started = self.clock.now_ms();
+        match request {
+            Request::Acquire => {
+                let (name, holder) = (id.lease_name(), id.holder());
+                let call = self.store.acquire_lease(&name, &holder, ttl);
+                let r = bounded(tokio::time::timeout(limit, call).await);
+                if let Err(e) = &r {
+                    tracing::warn!(error = %e, "cannot reach the store to take the node lease");
+                }
+                lock(&self.coordinator).on_acquire(r, started, self.clock.now_ms());
+            }
+            Request::Renew(lease) => {
+                let r =
+                    bounded(tokio::time::timeout(limit, self.store.renew_lease(&lease, ttl)).await);
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "could not renew the node lease");
+                }
+                lock(&self.coordinator).on_renew(r, started, self.clock.now_ms());
+            }
+            Request::Read => {
+                let r = bounded(
+                    tokio::time::timeout(limit, self.store.read_lease(&id.lease_name())).await,
+                );
+                lock(&self.coordinator).on_read(r, self.clock.now_ms());
+            }
+        }
+        self.deliver_changes().await;
+        true
+    }
+
+    async fn deliver_changes(&self) {
+        loop {
+            let change = lock(&self.coordinator).poll_change();
+            match change {
+                None => return,
+                Some(Change::BecamePrimary { token }) => {
+                    tracing::info!(token, "this process is the node's primary");
+                    metrics::gauge!("ors_primary").set(1.0);
+                    self.roles.became_primary(token).await;
+                }
+                Some(Change::SteppedDown { reason }) => {
+                    tracing::error!(%reason, "stepping down: this process is a backup now");
+                    metrics::gauge!("ors_primary").set(0.0);
+                    self.roles.stepped_down(&reason).await;
+                }
+                Some(Change::PrimaryIs(p)) => self.roles.primary_is(p.as_ref()),
+            }
+        }
+    }
+}
