@@ -17,6 +17,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub documents_dir: Option<PathBuf>,
     pub node_id: Option<String>,
+    pub instance: Option<String>,
+    pub advertise_url: Option<String>,
     pub external_url: Option<String>,
     pub workers: Option<usize>,
     pub log_format: Option<String>,
@@ -105,6 +107,18 @@ pub struct ServeArgs {
     /// This node's id (letters, digits, _), embedded in session ids.
     #[arg(long, env = "ORS_NODE_ID")]
     pub node_id: Option<String>,
+    /// This process's name among its node's processes: two processes with the same
+    /// node id and different instances are a primary and its backup (default `main`).
+    #[arg(long, env = "ORS_INSTANCE")]
+    pub instance: Option<String>,
+    /// Where this process is reached; backups redirect to their primary's (default: the
+    /// listen address).
+    #[arg(long, env = "ORS_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Where the node is reached from outside (its load balancer; the BasicHTTP
+    /// addresses in `_ioprocessors`). Default: the listen address.
+    #[arg(long, env = "ORS_EXTERNAL_URL")]
+    pub external_url: Option<String>,
     /// `embedded`, `redis` or `cassandra`.
     #[arg(long, env = "ORS_STORE")]
     pub store: Option<String>,
@@ -239,9 +253,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         workers: args.workers.or(file.workers).unwrap_or(0),
         documents_dir: Some(documents_dir.clone()),
         persistence_default: ss.persistence_default.unwrap_or(d.persistence_default),
-        external_url: file
+        external_url: args
             .external_url
             .clone()
+            .or(file.external_url.clone())
+            .unwrap_or_else(|| format!("http://{local}")),
+        instance: args
+            .instance
+            .clone()
+            .or(file.instance.clone())
+            .unwrap_or(d.instance.clone()),
+        advertise_url: args
+            .advertise_url
+            .clone()
+            .or(file.advertise_url.clone())
             .unwrap_or_else(|| format!("http://{local}")),
         max_document_bytes: l.max_document_bytes.unwrap_or(d.max_document_bytes),
         max_sessions: l.max_sessions.unwrap_or(d.max_sessions),
@@ -280,7 +305,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = ors_http::router(rt.clone(), hcfg, Some(metrics));
-    tracing::info!(%local, store = %store_kind, documents = %documents_dir.display(), node = %rt.node_id(), "ors listening");
+    tracing::info!(%local, store = %store_kind, documents = %documents_dir.display(), node = %rt.node_id(), role = ?rt.role(), "ors listening");
     // Tests and scripts read this line to find the port.
     println!("ors listening on http://{local}");
     axum::serve(listener, app)

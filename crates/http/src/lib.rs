@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use ors_runtime::{Runtime, RuntimeError, StartRequest};
+use ors_runtime::{NodeRole, Runtime, RuntimeError, StartRequest};
 use ors_scxml::Event;
 use serde_json::{Map, Value, json};
 use tower::ServiceBuilder;
@@ -95,6 +95,10 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         .route("/metrics", get(prometheus))
         .route("/ors/help", get(help))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into(), None) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            backups_redirect,
+        ))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(layers)
         .with_state(state)
@@ -136,8 +140,13 @@ fn runtime_error(e: RuntimeError) -> Response {
             None,
         ),
         RuntimeError::Timeout(m) => error(StatusCode::GATEWAY_TIMEOUT, m, None),
-        // Single node for now: the owner is not reachable from here.
+        // Routing between nodes (307 to the owner) is not built yet.
         RuntimeError::WrongNode { .. } => error(StatusCode::NOT_FOUND, e.to_string(), None),
+        // Normally answered with a 307 by `backups_redirect`; this is the race where the
+        // process stepped down while the request ran.
+        RuntimeError::NotPrimary { .. } => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None)
+        }
         RuntimeError::Store(m) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store unavailable: {m}"),
@@ -352,9 +361,58 @@ async fn basichttp(
     }
 }
 
-async fn heartbeat(State(_s): State<AppState>) -> Response {
-    // A single node is always primary; the backup status comes with HA.
-    (StatusCode::OK, axum::Json(json!({ "role": "primary" }))).into_response()
+/// A backup serves nothing but its health and metrics: every other request goes to the
+/// primary with `307` (method and body kept), or gets `503` while no primary is known.
+async fn backups_redirect(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if s.rt.role() == NodeRole::Primary || matches!(path, "/heartbeat" | "/metrics" | "/ors/help") {
+        return next.run(req).await;
+    }
+    let Some(primary) = s.rt.primary_url() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this process is a backup and its node has no primary right now".into(),
+            None,
+        );
+    };
+    let target = format!(
+        "{}{}",
+        primary.trim_end_matches('/'),
+        req.uri().path_and_query().map_or(path, |pq| pq.as_str())
+    );
+    match HeaderValue::from_str(&target) {
+        Ok(location) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location)],
+            axum::Json(json!({ "error": "this process is a backup", "primary": primary })),
+        )
+            .into_response(),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the primary's address {primary} is not a valid URL"),
+            None,
+        ),
+    }
+}
+
+/// `200` on the primary; `heartbeat_backup_status` (503 by default) on a backup, so a
+/// load balancer sends traffic to the primary only.
+async fn heartbeat(State(s): State<AppState>) -> Response {
+    match s.rt.role() {
+        NodeRole::Primary => {
+            (StatusCode::OK, axum::Json(json!({ "role": "primary" }))).into_response()
+        }
+        NodeRole::Backup => {
+            let status = StatusCode::from_u16(s.cfg.heartbeat_backup_status)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let body = json!({ "role": "backup", "primary": s.rt.primary_url() });
+            (status, axum::Json(body)).into_response()
+        }
+    }
 }
 
 async fn prometheus(State(s): State<AppState>) -> Response {

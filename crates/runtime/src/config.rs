@@ -15,8 +15,14 @@ pub struct RuntimeConfig {
     /// Persist sessions whose `<scxml>` has no `_persist` attribute (ORS's
     /// `persistence-default`).
     pub persistence_default: bool,
-    /// How the server is reached from outside (for `_ioprocessors` BasicHTTP locations).
+    /// How the node is reached from outside: the load balancer or VIP in front of its
+    /// processes (ORS's `external-url`; the BasicHTTP locations in `_ioprocessors`).
     pub external_url: String,
+    /// This process's name among the processes of its node (a primary and its backups).
+    pub instance: String,
+    /// Where this very process is reached; a backup redirects requests (`307`) to its
+    /// primary's. Empty: the same as `external_url`.
+    pub advertise_url: String,
     /// Largest document (bytes) fetched or compiled.
     pub max_document_bytes: usize,
     /// How long fetching a document (or a BasicHTTP POST) may take.
@@ -38,7 +44,8 @@ pub struct RuntimeConfig {
     pub schedule_allowance: Duration,
     /// How often the scheduler polls the store when it knows of nothing due sooner.
     pub schedule_poll: Duration,
-    /// The node lease (fencing token source).
+    /// The node lease (fencing token source): a primary that cannot renew it for this
+    /// long steps down; a backup takes over once it expired.
     pub lease_ttl: Duration,
     /// JS limits per worker.
     pub js: ors_ecmascript::RuntimeOptions,
@@ -54,6 +61,8 @@ impl Default for RuntimeConfig {
             documents_dir: None,
             persistence_default: true,
             external_url: "http://127.0.0.1:8080".into(),
+            instance: "main".into(),
+            advertise_url: String::new(),
             max_document_bytes: 4 << 20,
             fetch_timeout: Duration::from_secs(10),
             max_sessions: 1_000_000,

@@ -29,6 +29,13 @@ pub enum RuntimeError {
         /// The node that owns it.
         node: String,
     },
+    /// This process is a backup of its node: the node's primary (its advertise URL, if
+    /// known) serves the request.
+    #[error("this process is a backup; the primary is {}", .primary.as_deref().unwrap_or("not known yet"))]
+    NotPrimary {
+        /// The primary's advertise URL.
+        primary: Option<String>,
+    },
     /// The store failed or refused a write.
     #[error("store unavailable: {0}")]
     Store(String),

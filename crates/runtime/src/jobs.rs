@@ -40,9 +40,10 @@ fn gone_is_done(r: Result<(), RuntimeError>) -> Result<(), FireError> {
 
 #[async_trait]
 impl Fire for JobRunner {
-    /// Jobs of sessions of other nodes are theirs to fire.
+    /// Only the node's primary fires its jobs; jobs of other nodes are theirs.
     fn owns(&self, job: &Job) -> bool {
-        owner_node(job.session()) == Some(self.runtime.node_id())
+        self.runtime.shared.is_primary()
+            && owner_node(job.session()) == Some(self.runtime.node_id())
     }
 
     async fn fire(&self, job: &Job) -> Result<(), FireError> {

@@ -27,9 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ors_cluster::{Cluster, Identity, Primary, Role, Roles, Timing};
 use ors_scheduler::{Job, ScheduledStart, Scheduler, SchedulerConfig};
 use ors_scxml::Event;
-use ors_store::{Lease, SessionStore};
+use ors_store::SessionStore;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -37,6 +38,7 @@ use tokio::sync::oneshot;
 pub use basichttp::receive as basichttp_event;
 pub use config::RuntimeConfig;
 pub use error::RuntimeError;
+pub use ors_cluster::Role as NodeRole;
 
 use documents::Documents;
 use worker::Command;
@@ -129,6 +131,14 @@ impl FinishedSessions {
     }
 }
 
+/// This process's role, as the cluster coordinator last said.
+#[derive(Default)]
+struct RoleState {
+    primary: std::sync::atomic::AtomicBool,
+    /// The primary's advertise URL (this process's own when primary).
+    primary_url: Mutex<Option<String>>,
+}
+
 /// What the runtime's parts share: set up once by [`Runtime::start`].
 pub(crate) struct Shared {
     cfg: RuntimeConfig,
@@ -137,6 +147,7 @@ pub(crate) struct Shared {
     workers: Workers,
     /// The node lease's fencing token, carried by every session write.
     fence: AtomicU64,
+    role: RoleState,
     requests: PendingRequests,
     finished: FinishedSessions,
     scheduler: ors_scheduler::Waker,
@@ -160,7 +171,26 @@ impl Shared {
         format!("{}-{:x}{:06x}", self.cfg.node_id, t, n & 0xff_ffff)
     }
 
+    fn is_primary(&self) -> bool {
+        self.role.primary.load(Ordering::SeqCst)
+    }
+
+    /// `Ok` when this process serves its node's sessions (it is the primary).
+    fn serving(&self) -> Result<(), RuntimeError> {
+        if self.is_primary() {
+            return Ok(());
+        }
+        let primary = self
+            .role
+            .primary_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Err(RuntimeError::NotPrimary { primary })
+    }
+
     fn check_owner(&self, sid: &str) -> Result<(), RuntimeError> {
+        self.serving()?;
         match owner_node(sid) {
             Some(node) if node == self.cfg.node_id => Ok(()),
             Some(node) => Err(RuntimeError::WrongNode {
@@ -190,8 +220,55 @@ pub(crate) fn owner_node(sid: &str) -> Option<&str> {
 pub struct Runtime {
     shared: Arc<Shared>,
     threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
-    lease: Arc<Mutex<Option<Lease>>>,
+    cluster: Arc<Mutex<Option<Arc<Cluster>>>>,
     scheduler: Arc<Mutex<Option<Scheduler>>>,
+}
+
+/// What the runtime does when the cluster coordinator changes this process's role.
+struct RuntimeRoles {
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl Roles for RuntimeRoles {
+    async fn became_primary(&self, token: u64) {
+        let shared = &self.shared;
+        shared.fence.store(token, Ordering::SeqCst);
+        shared.role.primary.store(true, Ordering::SeqCst);
+        // Recovery: every session this node owns is reloaded (and told session.recovered
+        // where its document asks); requests meanwhile load sessions on demand. The
+        // node's timers fire from here on (the scheduler's `owns` asks `is_primary`).
+        match shared.store.node_sessions(&shared.cfg.node_id).await {
+            Ok(ids) => {
+                tracing::info!(sessions = ids.len(), node = %shared.cfg.node_id, "recovering sessions");
+                for sid in ids {
+                    let cmd = Command::Recover { sid: sid.clone() };
+                    shared.workers.send_internal(&sid, cmd);
+                }
+            }
+            // They load on demand.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list this node's sessions to recover them")
+            }
+        }
+    }
+
+    async fn stepped_down(&self, _reason: &str) {
+        self.shared.role.primary.store(false, Ordering::SeqCst);
+        self.shared.workers.broadcast_internal(|| Command::Evict);
+    }
+
+    fn primary_is(&self, primary: Option<&Primary>) {
+        let url = primary
+            .map(|p| p.advertise_url.clone())
+            .filter(|u| !u.is_empty());
+        *self
+            .shared
+            .role
+            .primary_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = url;
+    }
 }
 
 fn now_ms() -> u64 {
@@ -219,7 +296,6 @@ impl Runtime {
         // reqwest needs a process-wide TLS crypto provider; install ring's unless the
         // embedding program chose one.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let lease = acquire_node_lease(&store, &cfg).await?;
         let n = if cfg.workers == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -245,7 +321,8 @@ impl Runtime {
             store,
             docs,
             workers,
-            fence: AtomicU64::new(lease.token),
+            fence: AtomicU64::new(0),
+            role: RoleState::default(),
             requests: PendingRequests::default(),
             finished: FinishedSessions {
                 retention: finished_retention,
@@ -269,32 +346,71 @@ impl Runtime {
         let rt = Runtime {
             shared: shared.clone(),
             threads: Arc::new(Mutex::new(threads)),
-            lease: Arc::new(Mutex::new(Some(lease))),
+            cluster: Arc::default(),
             scheduler: Arc::default(),
         };
         let scheduler = Scheduler::spawn(
             shared.store.clone(),
             Arc::new(jobs::JobRunner::new(rt.clone())),
             SchedulerConfig {
-                claimer: shared.cfg.node_id.clone(),
+                claimer: format!("{}/{}", shared.cfg.node_id, shared.cfg.instance),
                 poll: shared.cfg.schedule_poll,
+                // A claim of a primary that died comes back after this: a takeover must
+                // not wait long for the dead primary's timers. Firing twice is harmless
+                // (jobs are idempotent); this only bounds how long a claim protects a
+                // slow firing from a second one.
+                claim: (shared.cfg.lease_ttl * 2).max(Duration::from_secs(2)),
                 ..SchedulerConfig::default()
             },
             waker,
             wakes,
         );
         *rt.scheduler.lock().unwrap_or_else(|p| p.into_inner()) = Some(scheduler);
-        tokio::spawn(renew_lease(rt.clone()));
-        // Recovery: every session this node owns is reloaded (and told session.recovered
-        // where its document asks); requests meanwhile load sessions on demand.
-        let ids = shared.store.node_sessions(&shared.cfg.node_id).await?;
-        tracing::info!(sessions = ids.len(), node = %shared.cfg.node_id, "recovering sessions");
-        for sid in ids {
-            shared
-                .workers
-                .send_internal(&sid, Command::Recover { sid: sid.clone() });
+        let cfg = &shared.cfg;
+        let identity = Identity {
+            node: cfg.node_id.clone(),
+            instance: cfg.instance.clone(),
+            advertise_url: if cfg.advertise_url.is_empty() {
+                cfg.external_url.clone()
+            } else {
+                cfg.advertise_url.clone()
+            },
+        };
+        let roles = Arc::new(RuntimeRoles {
+            shared: shared.clone(),
+        });
+        let cluster = Cluster::start(
+            shared.store.clone(),
+            identity,
+            Timing::for_ttl(cfg.lease_ttl),
+            roles,
+        )
+        .await;
+        if cluster.role() == Role::Backup {
+            let primary = cluster.primary().map(|p| p.instance);
+            tracing::info!(node = %cfg.node_id, instance = %cfg.instance, ?primary, "this process is a backup");
         }
+        *rt.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cluster));
         Ok(rt)
+    }
+
+    /// Whether this process is its node's primary (serves it) or a backup.
+    pub fn role(&self) -> NodeRole {
+        if self.shared.is_primary() {
+            NodeRole::Primary
+        } else {
+            NodeRole::Backup
+        }
+    }
+
+    /// The advertise URL of the node's primary, if known (this process's when primary).
+    pub fn primary_url(&self) -> Option<String> {
+        self.shared
+            .role
+            .primary_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// This node's id (the prefix of its session ids).
@@ -314,6 +430,7 @@ impl Runtime {
 
     /// Starts a session (now, or at `idealtime`); returns its id once it is durable.
     pub async fn start_session(&self, req: StartRequest) -> Result<String, RuntimeError> {
+        self.shared.serving()?;
         if req.src.trim().is_empty() {
             return Err(RuntimeError::BadRequest("src is required".into()));
         }
@@ -444,7 +561,7 @@ impl Runtime {
     }
 
     /// Stops the scheduler, then the workers after they finish what they have; flushes;
-    /// releases the lease.
+    /// releases the lease (so a backup takes over at once).
     pub async fn shutdown(&self) {
         drop(
             self.scheduler
@@ -458,9 +575,14 @@ impl Runtime {
         for t in threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(l) = lease {
-            let _ = self.shared.store.release_lease(&l).await;
+        // Hand the lease over at once: a backup takes over without waiting for expiry.
+        let cluster = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(c) = cluster {
+            c.resign().await;
         }
     }
 }
@@ -473,48 +595,6 @@ impl QueryResult {
             active_states: Vec::new(),
             datamodel: Value::Null,
             done: true,
-        }
-    }
-}
-
-async fn acquire_node_lease(
-    store: &Arc<dyn SessionStore>,
-    cfg: &RuntimeConfig,
-) -> Result<Lease, RuntimeError> {
-    let name = format!("node:{}", cfg.node_id);
-    let holder = format!("{}:{}", cfg.node_id, std::process::id());
-    let ttl = cfg.lease_ttl.as_millis() as u64;
-    let deadline = Instant::now() + cfg.lease_ttl + Duration::from_secs(2);
-    loop {
-        if let Some(l) = store.acquire_lease(&name, &holder, ttl).await? {
-            return Ok(l);
-        }
-        if Instant::now() > deadline {
-            return Err(RuntimeError::Store(format!(
-                "the lease {name} is held by another process; is node {} running elsewhere?",
-                cfg.node_id
-            )));
-        }
-        tracing::info!(lease = %name, "waiting for the previous holder's lease to expire");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn renew_lease(rt: Runtime) {
-    let every = rt.shared.cfg.lease_ttl / 3;
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(cur) = rt.lease.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
-            return;
-        };
-        match rt
-            .shared
-            .store
-            .renew_lease(&cur, rt.shared.cfg.lease_ttl.as_millis() as u64)
-            .await
-        {
-            Ok(l) => *rt.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(l),
-            Err(e) => tracing::error!(error = %e, "could not renew the node lease"),
         }
     }
 }

@@ -85,6 +85,13 @@ impl Workers {
         let _ = self.internal[self.shard(sid)].send(cmd);
     }
 
+    /// The same internal command to every worker.
+    pub fn broadcast_internal(&self, cmd: impl Fn() -> Command) {
+        for tx in &self.internal {
+            let _ = tx.send(cmd());
+        }
+    }
+
     pub fn set_live(&self, worker: usize, sessions: usize) {
         self.live[worker].store(sessions, Ordering::Relaxed);
     }

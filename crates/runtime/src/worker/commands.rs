@@ -123,7 +123,7 @@ impl Worker {
                 }
                 Err(e) => tracing::warn!(session = %sid, error = %e, "could not recover session"),
             },
-            Command::Shutdown { .. } => unreachable!("handled by the batch"),
+            Command::Evict | Command::Shutdown { .. } => unreachable!("handled by the batch"),
         }
     }
 

@@ -76,6 +76,8 @@ pub(crate) enum Command {
     Recover {
         sid: String,
     },
+    /// This process stepped down: forget every session (the new primary owns them).
+    Evict,
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -178,14 +180,26 @@ impl Worker {
     async fn batch(&mut self, commands: Vec<Command>) -> bool {
         let mut batch = Batch::default();
         let mut stop = Vec::new();
+        let mut evict = false;
         for cmd in commands {
             match cmd {
                 Command::Shutdown { reply } => stop.push(reply),
+                Command::Evict => evict = true,
                 other => self.handle(other, &mut batch).await,
             }
         }
         self.drive(&mut batch).await;
         self.flush(batch).await;
+        if evict {
+            // After the flush: this batch's replies depend on its writes, which carry the
+            // old fencing token and are refused if a successor wrote since.
+            let n = self.host.retain(|_, _| false);
+            self.shared.workers.set_live(self.me, 0);
+            tracing::info!(
+                sessions = n,
+                "stepped down: dropped every session from memory"
+            );
+        }
         let stopping = !stop.is_empty();
         for r in stop {
             let _ = r.send(());
