@@ -172,3 +172,57 @@ async fn a_graceful_stop_hands_the_node_over_at_once() {
     let q = wait_for(&c, &b, &sid, 10, |st, _| st == 200).await;
     assert_eq!(q["datamodel"]["n"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_another_nodes_session_are_redirected_to_that_node() {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let url = redis.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
+    let extra = |node: &'static str| -> Vec<&str> {
+        let url: &str = Box::leak(url.clone().into_boxed_str());
+        vec!["--store", "redis", "--redis-url", url, "--node-id", node]
+    };
+    let one = Server::start(&tmp.path().join("1"), &docs, CONFIG, &extra("node1"));
+    let two = Server::start(&tmp.path().join("2"), &docs, CONFIG, &extra("node2"));
+    let c = no_redirects();
+    let sid = start(&c, &one, "counter.scxml", &[]).await;
+    assert!(sid.starts_with("node1-"));
+    // Asked of node2: 307 to node1's external URL (its listen address here), with the
+    // session cookie; the query string is kept.
+    let r = c
+        .post(format!("{}/scxml/session/{sid}/event/inc?k=v", two.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("{}/scxml/session/{sid}/event/inc?k=v", one.url)
+    );
+    assert_eq!(
+        r.headers()["set-cookie"].to_str().unwrap(),
+        format!("ORSSESSIONID={sid}; Path=/")
+    );
+    // A client that follows redirects reaches the session through either node.
+    let following = client();
+    for via in [&one, &two] {
+        let r = following
+            .post(format!("{}/scxml/session/{sid}/event/inc", via.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(query(&following, &two, &sid).await.1["datamodel"]["n"], 2);
+    // A node that has no primary: 503, not a redirect to nowhere.
+    let (st, body) = post(
+        &c,
+        &format!("{}/scxml/session/node9-abc/event/inc", two.url),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 503, "{body}");
+}

@@ -15,13 +15,19 @@ pub struct Identity {
     pub instance: String,
     /// Where this process is reached (`--advertise-url`): backups redirect to it.
     pub advertise_url: String,
+    /// Where the node is reached from outside (`--external-url`, its load balancer):
+    /// other nodes redirect requests for this node's sessions to it.
+    pub external_url: String,
 }
 
 impl Identity {
-    /// The lease holder string: instance and address, so a backup learns where its
-    /// primary is from the lease alone.
+    /// The lease holder string: instance and addresses, so a backup learns where its
+    /// primary is, and another node where this node is, from the lease alone.
     pub fn holder(&self) -> String {
-        format!("{}|{}", self.instance, self.advertise_url)
+        format!(
+            "{}|{}|{}",
+            self.instance, self.advertise_url, self.external_url
+        )
     }
 
     /// The name of the node's lease in the store.
@@ -37,20 +43,29 @@ pub struct Primary {
     pub instance: String,
     /// Its `--advertise-url` (empty if the holder string has none).
     pub advertise_url: String,
+    /// Its node's `--external-url` (empty if the holder string has none).
+    pub external_url: String,
 }
 
 impl Primary {
     /// Reads a holder string written by [`Identity::holder`].
     pub fn from_holder(holder: &str) -> Primary {
-        match holder.split_once('|') {
-            Some((instance, url)) => Primary {
-                instance: instance.into(),
-                advertise_url: url.into(),
-            },
-            None => Primary {
-                instance: holder.into(),
-                advertise_url: String::new(),
-            },
+        let mut parts = holder.splitn(3, '|');
+        let mut next = || parts.next().unwrap_or_default().to_string();
+        Primary {
+            instance: next(),
+            advertise_url: next(),
+            external_url: next(),
+        }
+    }
+
+    /// Where requests for the node's sessions go from other nodes: its external URL, or
+    /// the primary itself when the node has none.
+    pub fn node_url(&self) -> &str {
+        if self.external_url.is_empty() {
+            &self.advertise_url
+        } else {
+            &self.external_url
         }
     }
 }

@@ -9,6 +9,7 @@ fn id(instance: &str) -> Identity {
         node: "n1".into(),
         instance: instance.into(),
         advertise_url: format!("http://{instance}"),
+        external_url: "http://lb".into(),
     }
 }
 
@@ -39,7 +40,7 @@ fn a_backup_takes_a_free_lease_and_renews_it() {
     let mut c = Coordinator::new(id("a"), timing(), 0);
     assert_eq!(c.poll(0), Some(Request::Acquire));
     assert_eq!(c.poll(0), None, "one call at a time");
-    c.on_acquire(Ok(Some(lease("a|http://a", 7))), 0, 5);
+    c.on_acquire(Ok(Some(lease("a|http://a|http://lb", 7))), 0, 5);
     assert_eq!(c.role(), Role::Primary);
     assert_eq!(
         changes(&mut c),
@@ -47,13 +48,14 @@ fn a_backup_takes_a_free_lease_and_renews_it() {
             Change::BecamePrimary { token: 7 },
             Change::PrimaryIs(Some(Primary {
                 instance: "a".into(),
-                advertise_url: "http://a".into()
+                advertise_url: "http://a".into(),
+                external_url: "http://lb".into(),
             }))
         ]
     );
     assert_eq!(c.poll(100), None);
     assert!(matches!(c.poll(305), Some(Request::Renew(l)) if l.token == 7));
-    c.on_renew(Ok(lease("a|http://a", 7)), 305, 310);
+    c.on_renew(Ok(lease("a|http://a|http://lb", 7)), 305, 310);
     // Valid until 305 + 1000; with the 200 ms margin it steps down at 1105, not before.
     assert!(matches!(c.poll(1000), Some(Request::Renew(_))));
     assert_eq!(c.role(), Role::Primary);
@@ -63,7 +65,7 @@ fn a_backup_takes_a_free_lease_and_renews_it() {
 fn a_primary_that_cannot_renew_in_time_steps_down() {
     let mut c = Coordinator::new(id("a"), timing(), 0);
     c.poll(0);
-    c.on_acquire(Ok(Some(lease("a|http://a", 1))), 0, 0);
+    c.on_acquire(Ok(Some(lease("a|http://a|http://lb", 1))), 0, 0);
     changes(&mut c);
     // The store is unreachable: renewals fail, the primary keeps serving for now...
     for t in [300, 400, 500, 600, 700] {
@@ -85,7 +87,7 @@ fn a_primary_that_cannot_renew_in_time_steps_down() {
 fn a_primary_whose_lease_was_taken_steps_down_at_once() {
     let mut c = Coordinator::new(id("a"), timing(), 0);
     c.poll(0);
-    c.on_acquire(Ok(Some(lease("a|http://a", 1))), 0, 0);
+    c.on_acquire(Ok(Some(lease("a|http://a|http://lb", 1))), 0, 0);
     changes(&mut c);
     let Some(Request::Renew(l)) = c.poll(300) else {
         panic!("a renewal");
@@ -104,7 +106,7 @@ fn a_backup_learns_its_primary_and_ignores_its_own_stale_lease() {
     assert_eq!(c.poll(0), Some(Request::Acquire));
     c.on_acquire(Ok(None), 0, 1);
     assert_eq!(c.poll(1), Some(Request::Read));
-    c.on_read(Ok(Some(lease("a|http://a", 3))), 2);
+    c.on_read(Ok(Some(lease("a|http://a|http://lb", 3))), 2);
     assert_eq!(
         c.primary().map(|p| p.advertise_url.as_str()),
         Some("http://a")
@@ -113,15 +115,27 @@ fn a_backup_learns_its_primary_and_ignores_its_own_stale_lease() {
     assert_eq!(c.poll(102), Some(Request::Acquire));
     c.on_acquire(Ok(None), 102, 102);
     c.poll(102);
-    c.on_read(Ok(Some(lease("b|http://b", 2))), 103);
+    c.on_read(Ok(Some(lease("b|http://b|http://lb", 2))), 103);
     assert_eq!(c.primary(), None, "its own leftover lease names no primary");
+}
+
+#[test]
+fn holder_strings_carry_the_addresses() {
+    let p = Primary::from_holder(&id("a").holder());
+    assert_eq!(
+        (p.instance.as_str(), p.advertise_url.as_str(), p.node_url()),
+        ("a", "http://a", "http://lb")
+    );
+    let old = Primary::from_holder("a|http://a");
+    assert_eq!(old.node_url(), "http://a");
+    assert_eq!(Primary::from_holder("node1:123").instance, "node1:123");
 }
 
 #[test]
 fn resigning_hands_the_lease_back() {
     let mut c = Coordinator::new(id("a"), timing(), 0);
     c.poll(0);
-    c.on_acquire(Ok(Some(lease("a|http://a", 4))), 0, 0);
+    c.on_acquire(Ok(Some(lease("a|http://a|http://lb", 4))), 0, 0);
     changes(&mut c);
     assert_eq!(c.resign(10).map(|l| l.token), Some(4));
     assert_eq!(c.role(), Role::Backup);
@@ -192,7 +206,7 @@ async fn a_dead_primary_is_replaced_when_its_lease_expires() {
     let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
     // A primary that stops renewing (as if killed): take the lease by hand.
     let dead = store
-        .acquire_lease("node:n1", "a|http://a", 1000)
+        .acquire_lease("node:n1", "a|http://a|http://lb", 1000)
         .await
         .unwrap()
         .unwrap();
@@ -213,7 +227,7 @@ async fn a_dead_primary_is_replaced_when_its_lease_expires() {
 async fn a_restarted_instance_waits_for_its_own_old_lease() {
     let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
     store
-        .acquire_lease("node:n1", "a|http://a", 600)
+        .acquire_lease("node:n1", "a|http://a|http://lb", 600)
         .await
         .unwrap()
         .unwrap();

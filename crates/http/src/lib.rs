@@ -95,6 +95,12 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         .route("/metrics", get(prometheus))
         .route("/ors/help", get(help))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into(), None) })
+        // Outermost first: a backup hands everything to its primary, which routes
+        // requests for other nodes' sessions to those nodes.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            route_to_owner,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             backups_redirect,
@@ -140,7 +146,7 @@ fn runtime_error(e: RuntimeError) -> Response {
             None,
         ),
         RuntimeError::Timeout(m) => error(StatusCode::GATEWAY_TIMEOUT, m, None),
-        // Routing between nodes (307 to the owner) is not built yet.
+        // Normally answered with a 307 by `route_to_owner`.
         RuntimeError::WrongNode { .. } => error(StatusCode::NOT_FOUND, e.to_string(), None),
         // Normally answered with a 307 by `backups_redirect`; this is the race where the
         // process stepped down while the request ran.
@@ -394,6 +400,61 @@ async fn backups_redirect(
         Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the primary's address {primary} is not a valid URL"),
+            None,
+        ),
+    }
+}
+
+/// A request about a session of another node gets `307` to that node's external URL
+/// (its load balancer), with the same path and query and the session cookie.
+async fn route_to_owner(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let sid = path
+        .strip_prefix("/scxml/session/")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(sid, _)| sid)
+        .filter(|sid| *sid != "start");
+    let Some(node) = sid.and_then(ors_runtime::owner_node) else {
+        return next.run(req).await;
+    };
+    if node == s.rt.node_id() {
+        return next.run(req).await;
+    }
+    let sid = sid.unwrap_or_default().to_string();
+    let url = match s.rt.node_url(node).await {
+        Ok(Some(url)) => url,
+        Ok(None) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("session {sid} is owned by node {node}, which has no primary now"),
+                None,
+            );
+        }
+        Err(e) => return runtime_error(e),
+    };
+    let target = format!(
+        "{}{}",
+        url.trim_end_matches('/'),
+        req.uri().path_and_query().map_or(path, |pq| pq.as_str())
+    );
+    let cookie = s.cfg.cookie.replace("{sessionid}", &sid);
+    match (
+        HeaderValue::from_str(&target),
+        HeaderValue::from_str(&cookie),
+    ) {
+        (Ok(location), Ok(cookie)) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location), (header::SET_COOKIE, cookie)],
+            axum::Json(json!({ "sessionid": sid, "node": node, "location": target })),
+        )
+            .into_response(),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("node {node}'s address {url} is not a valid URL"),
             None,
         ),
     }

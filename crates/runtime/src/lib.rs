@@ -211,7 +211,7 @@ impl Shared {
 }
 
 /// The node a session id names (`<node>-<unique>`), if it is well formed.
-pub(crate) fn owner_node(sid: &str) -> Option<&str> {
+pub fn owner_node(sid: &str) -> Option<&str> {
     sid.rsplit_once('-').map(|(node, _)| node)
 }
 
@@ -375,6 +375,7 @@ impl Runtime {
             } else {
                 cfg.advertise_url.clone()
             },
+            external_url: cfg.external_url.clone(),
         };
         let roles = Arc::new(RuntimeRoles {
             shared: shared.clone(),
@@ -401,6 +402,19 @@ impl Runtime {
         } else {
             NodeRole::Backup
         }
+    }
+
+    /// Where requests for the sessions of node `node` go: that node's external URL, read
+    /// from its lease (`None`: the node has no primary now).
+    pub async fn node_url(&self, node: &str) -> Result<Option<String>, RuntimeError> {
+        let lease = self
+            .shared
+            .store
+            .read_lease(&format!("node:{node}"))
+            .await?;
+        Ok(lease
+            .map(|l| Primary::from_holder(&l.holder).node_url().to_string())
+            .filter(|u| !u.is_empty()))
     }
 
     /// The advertise URL of the node's primary, if known (this process's when primary).
