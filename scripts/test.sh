@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, the workspace's unit and integration
 # tests, and the W3C SCXML conformance suite. Installs what it needs on a fresh Debian
-# machine (the W3C suite comes from npm into .w3c/, which git ignores).
+# machine: npm (the W3C suite comes from npm into .w3c/, which git ignores),
+# redis-server and haproxy (tests start their own on free loopback ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,12 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
   # The package starts a system instance on 6379; the tests never use it.
   (systemctl stop redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true)
+fi
+
+if ! command -v haproxy >/dev/null; then
+  echo "== installing haproxy (the HA tests put a real one in front of the servers)"
+  apt-get update -qq && apt-get install -y -qq haproxy >/dev/null
+  (systemctl stop haproxy 2>/dev/null || service haproxy stop 2>/dev/null || true)
 fi
 
 echo "== cargo fmt --check"

@@ -91,7 +91,6 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         .route("/scxml/session/{id}/query", get(query).post(query))
         .route("/scxml/session/{id}/terminate", post(terminate))
         .route("/scxml/session/{id}/basichttp", post(basichttp))
-        .route("/heartbeat", get(heartbeat))
         .route("/metrics", get(prometheus))
         .route("/ors/help", get(help))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into(), None) })
@@ -107,6 +106,9 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         ))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(layers)
+        // Outside the layers: a load balancer polls it several times a second, and a
+        // backup's 503 is its normal answer, not a failure to log.
+        .route("/heartbeat", get(heartbeat))
         .with_state(state)
 }
 
@@ -375,7 +377,7 @@ async fn backups_redirect(
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
-    if s.rt.role() == NodeRole::Primary || matches!(path, "/heartbeat" | "/metrics" | "/ors/help") {
+    if s.rt.role() == NodeRole::Primary || matches!(path, "/metrics" | "/ors/help") {
         return next.run(req).await;
     }
     let Some(primary) = s.rt.primary_url() else {

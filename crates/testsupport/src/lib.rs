@@ -1,4 +1,4 @@
-//! Real `redis-server` processes for tests: on free loopback ports, in a temporary
+//! Real `redis-server` (and `haproxy`) processes for tests: on free loopback ports, in a temporary
 //! directory, stopped (SIGKILL) when dropped. Tests never use a shared or system server.
 #![warn(missing_docs)]
 
@@ -167,5 +167,40 @@ impl RedisCluster {
     /// The URLs of the masters.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
+/// A real `haproxy` process in the foreground, killed on drop.
+pub struct HaProxy {
+    child: Child,
+}
+
+impl HaProxy {
+    /// Starts `haproxy -f config` with `env` set (the config reads addresses from the
+    /// environment) and waits until every address in `listens` accepts connections.
+    pub fn start(config: &Path, env: &[(&str, String)], listens: &[String]) -> HaProxy {
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db").arg("-f").arg(config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("haproxy is installed (scripts/test.sh installs it)");
+        for addr in listens {
+            wait_for("haproxy to listen", || {
+                std::net::TcpStream::connect(addr.as_str()).is_ok()
+            });
+        }
+        HaProxy { child }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
