@@ -226,3 +226,89 @@ async fn requests_for_another_nodes_session_are_redirected_to_that_node() {
     .await;
     assert_eq!(st, 503, "{body}");
 }
+
+/// A primary paused (SIGSTOP) past its lease: the backup takes over; when the old
+/// primary runs again it answers no `200` for the node it no longer serves, steps down,
+/// and nothing it held in memory overwrites what its successor did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_primary_is_replaced_and_never_acknowledges_after_it() {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let url: &str = Box::leak(redis.url().into_boxed_str());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
+    let extra = |i: &'static str| vec!["--store", "redis", "--redis-url", url, "--instance", i];
+    // Without _sendSessionRecovered: the new primary does not write it on takeover, so
+    // the store's fencing alone would not refuse the old primary's write to it.
+    std::fs::write(
+        docs.join("plain.scxml"),
+        COUNTER.replace(" _sendSessionRecovered=\"true\"", ""),
+    )
+    .unwrap();
+    let a = Server::start(&tmp.path().join("a"), &docs, CONFIG, &extra("a"));
+    let b = Server::start(&tmp.path().join("b"), &docs, CONFIG, &extra("b"));
+    let c = no_redirects();
+    let sid = start(&c, &a, "counter.scxml", &[]).await;
+    let quiet = start(&c, &a, "plain.scxml", &[]).await;
+    assert_eq!(
+        post(
+            &c,
+            &format!("{}/scxml/session/{quiet}/event/inc", a.url),
+            &[]
+        )
+        .await
+        .0,
+        200
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            post(&c, &format!("{}/scxml/session/{sid}/event/inc", a.url), &[])
+                .await
+                .0,
+            200
+        );
+    }
+    a.signal("STOP");
+    until_primary(&c, &b, 10).await;
+    for _ in 0..2 {
+        assert_eq!(
+            post(&c, &format!("{}/scxml/session/{sid}/event/inc", b.url), &[])
+                .await
+                .0,
+            200
+        );
+    }
+    // A request to the paused process waits in its socket until it runs again.
+    let late = {
+        let (c, url) = (
+            c.clone(),
+            format!("{}/scxml/session/{sid}/event/inc", a.url),
+        );
+        tokio::spawn(async move { c.post(url).send().await.map(|r| r.status().as_u16()) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal("CONT");
+    let status = late.await.unwrap().unwrap();
+    assert_ne!(
+        status, 200,
+        "the old primary acknowledged an event after losing the node"
+    );
+    // It steps down and points at its successor.
+    let t = Instant::now();
+    loop {
+        let (st, body) = heartbeat(&c, &a).await;
+        if st == 503 && body["primary"] == b.url.as_str() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{st} {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(query(&c, &b, &sid).await.1["datamodel"]["n"], 5);
+    assert_eq!(
+        post(&c, &format!("{}/scxml/session/{sid}/event/inc", a.url), &[])
+            .await
+            .0,
+        307
+    );
+}

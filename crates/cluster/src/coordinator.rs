@@ -203,6 +203,17 @@ impl Coordinator {
         }
     }
 
+    /// Whether this process is primary and its lease surely still holds at `now_ms` by its
+    /// own clock (the same test that makes it step down, without the side effect).
+    pub fn holds_lease(&self, now_ms: u64) -> bool {
+        match &self.state {
+            State::Primary { valid_until_ms, .. } => {
+                now_ms < valid_until_ms.saturating_sub(self.margin_ms())
+            }
+            State::Backup => false,
+        }
+    }
+
     /// The primary last learned of (this process itself when primary).
     pub fn primary(&self) -> Option<&Primary> {
         self.primary.as_ref()

@@ -108,6 +108,13 @@ impl Cluster {
         lock(&self.coordinator).role()
     }
 
+    /// Whether this process is primary and its lease surely still holds now. A process
+    /// that was paused (SIGSTOP, a long GC, a hung disk) past its lease learns here, before
+    /// its coordinator task has run again, that it must not answer as the primary.
+    pub fn holds_lease(&self) -> bool {
+        lock(&self.coordinator).holds_lease(self.clock.now_ms())
+    }
+
     /// The node's primary as last known.
     pub fn primary(&self) -> Option<Primary> {
         lock(&self.coordinator).primary().cloned()

@@ -84,6 +84,19 @@ fn a_primary_that_cannot_renew_in_time_steps_down() {
 }
 
 #[test]
+fn after_a_pause_the_lease_is_not_trusted_even_before_the_coordinator_runs() {
+    let mut c = Coordinator::new(id("a"), timing(), 0);
+    c.poll(0);
+    c.on_acquire(Ok(Some(lease("a|http://a|http://lb", 1))), 0, 0);
+    assert!(c.holds_lease(100));
+    assert!(c.holds_lease(799));
+    // The process was stopped and runs again at 5 s: nothing was polled, it is still
+    // "primary", but its lease cannot be trusted.
+    assert_eq!(c.role(), Role::Primary);
+    assert!(!c.holds_lease(5_000));
+}
+
+#[test]
 fn a_primary_whose_lease_was_taken_steps_down_at_once() {
     let mut c = Coordinator::new(id("a"), timing(), 0);
     c.poll(0);

@@ -148,6 +148,8 @@ pub(crate) struct Shared {
     /// The node lease's fencing token, carried by every session write.
     fence: AtomicU64,
     role: RoleState,
+    /// The coordinator, set once it runs (see [`Shared::holds_lease`]).
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
     requests: PendingRequests,
     finished: FinishedSessions,
     scheduler: ors_scheduler::Waker,
@@ -175,9 +177,17 @@ impl Shared {
         self.role.primary.load(Ordering::SeqCst)
     }
 
+    /// Checked before a batch is acknowledged: this process is primary and its lease
+    /// surely still holds. After a pause past the lease (SIGSTOP, ...) the batch's writes
+    /// may have gone through, but no `200` is given for a node this process may no longer
+    /// serve.
+    fn holds_lease(&self) -> bool {
+        self.is_primary() && self.cluster.get().is_none_or(|c| c.holds_lease())
+    }
+
     /// `Ok` when this process serves its node's sessions (it is the primary).
     fn serving(&self) -> Result<(), RuntimeError> {
-        if self.is_primary() {
+        if self.holds_lease() {
             return Ok(());
         }
         let primary = self
@@ -323,6 +333,7 @@ impl Runtime {
             workers,
             fence: AtomicU64::new(0),
             role: RoleState::default(),
+            cluster: std::sync::OnceLock::new(),
             requests: PendingRequests::default(),
             finished: FinishedSessions {
                 retention: finished_retention,
@@ -391,7 +402,9 @@ impl Runtime {
             let primary = cluster.primary().map(|p| p.instance);
             tracing::info!(node = %cfg.node_id, instance = %cfg.instance, ?primary, "this process is a backup");
         }
-        *rt.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cluster));
+        let cluster = Arc::new(cluster);
+        let _ = shared.cluster.set(cluster.clone());
+        *rt.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(cluster);
         Ok(rt)
     }
 

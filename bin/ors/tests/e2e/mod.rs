@@ -78,6 +78,17 @@ impl Server {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the server process.
+    pub fn signal(&self, name: &str) {
+        let c = self.child.as_ref().expect("running");
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &c.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn sigterm(&mut self) -> std::process::ExitStatus {
         let c = self.child.as_mut().expect("running");

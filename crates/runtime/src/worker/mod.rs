@@ -329,6 +329,17 @@ impl Worker {
             }
         }
         self.removals_left = outcome.removals_left;
+        if !self.shared.holds_lease() && !batch.acks.is_empty() {
+            let primary = self.shared.serving().err();
+            let e = primary.unwrap_or(RuntimeError::NotPrimary { primary: None });
+            tracing::error!(
+                acks = batch.acks.len(),
+                "the lease may have run out during this batch; no acknowledgement is given"
+            );
+            for (_, r) in batch.acks.drain(..) {
+                let _ = r.send(Err(e.clone()));
+            }
+        }
         for (sid, r) in batch.acks {
             let _ = r.send(match failed.get(&sid) {
                 Some(e) => Err(e.clone()),
