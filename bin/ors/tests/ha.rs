@@ -77,7 +77,7 @@ async fn a_backup_redirects_and_takes_over_after_kill_9() {
     // Roles: the first process is the primary, the second its backup.
     assert_eq!(
         heartbeat(&c, &a).await,
-        (200, serde_json::json!({"role": "primary"}))
+        (200, serde_json::json!({"role": "primary", "store": "up"}))
     );
     let (st, body) = heartbeat(&c, &b).await;
     assert_eq!(st, 503);
@@ -311,4 +311,63 @@ async fn a_paused_primary_is_replaced_and_never_acknowledges_after_it() {
             .0,
         307
     );
+}
+
+/// The store stops answering (redis CLIENT PAUSE, longer than the lease): `/heartbeat`
+/// says so, the primary steps down, and when the store answers again the node serves
+/// again without a restart, with its sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_rides_out_a_store_outage() {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let url: &str = Box::leak(redis.url().into_boxed_str());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
+    let a = Server::start(
+        &tmp.path().join("a"),
+        &docs,
+        CONFIG,
+        &["--store", "redis", "--redis-url", url, "--instance", "a"],
+    );
+    let c = no_redirects();
+    let sid = start(&c, &a, "counter.scxml", &[]).await;
+    assert_eq!(
+        post(&c, &format!("{}/scxml/session/{sid}/event/inc", a.url), &[])
+            .await
+            .0,
+        200
+    );
+    let paused = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "client",
+            "pause",
+            "3000",
+            "all",
+        ])
+        .output()
+        .unwrap();
+    assert!(paused.status.success());
+    let t = Instant::now();
+    let mut saw_down = false;
+    let mut stepped_down = false;
+    while t.elapsed() < Duration::from_millis(2500) {
+        let (st, body) = heartbeat(&c, &a).await;
+        saw_down |= body["store"] == "down";
+        stepped_down |= st == 503 && body["role"] == "backup";
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_down, "/heartbeat reported the outage");
+    assert!(stepped_down, "the primary stepped down without its lease");
+    until_primary(&c, &a, 10).await;
+    assert_eq!(heartbeat(&c, &a).await.1["store"], "up");
+    assert_eq!(
+        post(&c, &format!("{}/scxml/session/{sid}/event/inc", a.url), &[])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(query(&c, &a, &sid).await.1["datamodel"]["n"], 2);
 }

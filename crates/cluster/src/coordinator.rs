@@ -160,6 +160,8 @@ pub struct Coordinator {
     read_next: bool,
     primary: Option<Primary>,
     changes: VecDeque<Change>,
+    /// Whether the last lease call reached the store.
+    store_up: bool,
 }
 
 impl Coordinator {
@@ -174,6 +176,7 @@ impl Coordinator {
             read_next: false,
             primary: None,
             changes: VecDeque::new(),
+            store_up: true,
         }
     }
 
@@ -259,6 +262,7 @@ impl Coordinator {
         now_ms: u64,
     ) {
         self.waiting = false;
+        self.reached(&result);
         match result {
             Ok(Some(lease)) => {
                 let token = lease.token;
@@ -282,6 +286,7 @@ impl Coordinator {
     /// The result of a [`Request::Renew`] started at `started_ms`.
     pub fn on_renew(&mut self, result: Result<Lease, StoreError>, started_ms: u64, now_ms: u64) {
         self.waiting = false;
+        self.reached(&result);
         match result {
             Ok(lease) => {
                 if let State::Primary { .. } = self.state {
@@ -306,6 +311,7 @@ impl Coordinator {
     /// The result of a [`Request::Read`].
     pub fn on_read(&mut self, result: Result<Option<Lease>, StoreError>, now_ms: u64) {
         self.waiting = false;
+        self.reached(&result);
         self.read_next = false;
         if let Ok(lease) = result {
             // Our own lease, still in the store after we stepped down, names no primary:
@@ -326,6 +332,15 @@ impl Coordinator {
         // No more acquiring.
         self.next_ms = u64::MAX;
         lease
+    }
+
+    /// Whether the last lease call reached the store (a refusal counts as reached).
+    pub fn store_up(&self) -> bool {
+        self.store_up
+    }
+
+    fn reached<T>(&mut self, r: &Result<T, StoreError>) {
+        self.store_up = !matches!(r, Err(StoreError::Unavailable(_)));
     }
 
     /// The next change to act on.

@@ -115,6 +115,11 @@ impl Cluster {
         lock(&self.coordinator).holds_lease(self.clock.now_ms())
     }
 
+    /// Whether the last lease call reached the store.
+    pub fn store_up(&self) -> bool {
+        lock(&self.coordinator).store_up()
+    }
+
     /// The node's primary as last known.
     pub fn primary(&self) -> Option<Primary> {
         lock(&self.coordinator).primary().cloned()
@@ -234,6 +239,8 @@ impl Driver {
                 lock(&self.coordinator).on_read(r, self.clock.now_ms());
             }
         }
+        let up = lock(&self.coordinator).store_up();
+        metrics::gauge!("ors_store_up").set(if up { 1.0 } else { 0.0 });
         self.deliver_changes().await;
         true
     }

@@ -465,14 +465,16 @@ async fn route_to_owner(
 /// `200` on the primary; `heartbeat_backup_status` (503 by default) on a backup, so a
 /// load balancer sends traffic to the primary only.
 async fn heartbeat(State(s): State<AppState>) -> Response {
+    let store = if s.rt.store_up() { "up" } else { "down" };
     match s.rt.role() {
         NodeRole::Primary => {
-            (StatusCode::OK, axum::Json(json!({ "role": "primary" }))).into_response()
+            let body = json!({ "role": "primary", "store": store });
+            (StatusCode::OK, axum::Json(body)).into_response()
         }
         NodeRole::Backup => {
             let status = StatusCode::from_u16(s.cfg.heartbeat_backup_status)
                 .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let body = json!({ "role": "backup", "primary": s.rt.primary_url() });
+            let body = json!({ "role": "backup", "primary": s.rt.primary_url(), "store": store });
             (status, axum::Json(body)).into_response()
         }
     }

@@ -430,6 +430,12 @@ impl Runtime {
             .filter(|u| !u.is_empty()))
     }
 
+    /// Whether the store answered this process's last lease call (renewed every third of
+    /// the lease TTL by a primary, more often by a backup).
+    pub fn store_up(&self) -> bool {
+        self.shared.cluster.get().is_none_or(|c| c.store_up())
+    }
+
     /// The advertise URL of the node's primary, if known (this process's when primary).
     pub fn primary_url(&self) -> Option<String> {
         self.shared
