@@ -371,3 +371,40 @@ async fn the_node_rides_out_a_store_outage() {
     );
     assert_eq!(query(&c, &a, &sid).await.1["datamodel"]["n"], 2);
 }
+
+/// The backup watches its primary's process: after `kill -9` it takes over at once,
+/// long before the primary's (30 s) lease would expire, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_before_its_lease_expires() {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let url: &str = Box::leak(redis.url().into_boxed_str());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
+    let config = "[sessions]\nlease_ttl_ms = 30000\n";
+    let extra = |i: &'static str| vec!["--store", "redis", "--redis-url", url, "--instance", i];
+    let mut a = Server::start(&tmp.path().join("a"), &docs, config, &extra("a"));
+    let b = Server::start(&tmp.path().join("b"), &docs, config, &extra("b"));
+    let c = no_redirects();
+    let sid = start(&c, &a, "counter.scxml", &[]).await;
+    for _ in 0..4 {
+        assert_eq!(
+            post(&c, &format!("{}/scxml/session/{sid}/event/inc", a.url), &[])
+                .await
+                .0,
+            200
+        );
+    }
+    // Let the backup's watch on the primary settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill9();
+    let took = until_primary(&c, &b, 10).await;
+    eprintln!("takeover after kill -9 with a 30 s lease: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}: the lease expiry, not the watch"
+    );
+    let q = wait_for(&c, &b, &sid, 10, |st, _| st == 200).await;
+    assert_eq!(q["datamodel"]["n"], 4);
+}

@@ -107,6 +107,11 @@ pub enum Request {
     Renew(Lease),
     /// `read_lease(name)`, to learn who the primary is.
     Read,
+    /// The primary holding this lease is known to be dead: `release_lease(lease)` (a
+    /// no-op unless it is still held with that token), then `acquire_lease` as for
+    /// [`Request::Acquire`]. Taking over before the lease expires is safe for data:
+    /// the new token fences out the old holder.
+    Seize(Lease),
 }
 
 /// What changed, for the host to act on.
@@ -122,6 +127,8 @@ pub enum Change {
     SteppedDown {
         /// Why, in words.
         reason: String,
+        /// It gave the role up itself ([`Coordinator::resign`]), as opposed to losing it.
+        resigned: bool,
     },
     /// Another process is (or no process is) the node's primary.
     PrimaryIs(Option<Primary>),
@@ -158,6 +165,10 @@ pub struct Coordinator {
     waiting: bool,
     /// After a failed acquire, read the lease to learn the primary.
     read_next: bool,
+    /// The lease of another process as last read (what a seizure releases).
+    observed: Option<Lease>,
+    /// The holder of `observed` is dead: seize its lease next.
+    seize_next: bool,
     primary: Option<Primary>,
     changes: VecDeque<Change>,
     /// Whether the last lease call reached the store.
@@ -174,6 +185,8 @@ impl Coordinator {
             next_ms: now_ms,
             waiting: false,
             read_next: false,
+            observed: None,
+            seize_next: false,
             primary: None,
             changes: VecDeque::new(),
             store_up: true,
@@ -250,6 +263,13 @@ impl Coordinator {
         Some(match &self.state {
             State::Primary { lease, .. } => Request::Renew(lease.clone()),
             State::Backup if self.read_next => Request::Read,
+            State::Backup if self.seize_next => {
+                self.seize_next = false;
+                match self.observed.take() {
+                    Some(lease) => Request::Seize(lease),
+                    None => Request::Acquire,
+                }
+            }
             State::Backup => Request::Acquire,
         })
     }
@@ -317,9 +337,26 @@ impl Coordinator {
             // Our own lease, still in the store after we stepped down, names no primary:
             // it only has to expire.
             let other = lease.filter(|l| l.holder != self.id.holder());
-            self.set_primary(other.map(|l| Primary::from_holder(&l.holder)));
+            self.set_primary(other.as_ref().map(|l| Primary::from_holder(&l.holder)));
+            self.observed = other;
         }
         self.next_ms = now_ms + self.timing.acquire_every.as_millis() as u64;
+    }
+
+    /// The host found the primary at `advertise_url` dead (its process is gone: a
+    /// connection to it broke and a new one is refused). A backup then takes its lease at
+    /// once instead of waiting for it to expire. Ignored if that is not the primary this
+    /// coordinator knows of.
+    pub fn primary_gone(&mut self, advertise_url: &str, now_ms: u64) {
+        let known = self
+            .primary
+            .as_ref()
+            .is_some_and(|p| p.advertise_url == advertise_url);
+        if matches!(self.state, State::Backup) && known && self.observed.is_some() {
+            self.seize_next = true;
+            self.read_next = false;
+            self.next_ms = now_ms;
+        }
     }
 
     /// Gives the role up (graceful shutdown): returns the lease to release at once, so a
@@ -328,6 +365,14 @@ impl Coordinator {
         let lease = self.lease().cloned();
         if lease.is_some() {
             self.step_down(now_ms, "shutting down");
+            if let Some(Change::SteppedDown { resigned, .. }) = self
+                .changes
+                .iter_mut()
+                .rev()
+                .find(|c| matches!(c, Change::SteppedDown { .. }))
+            {
+                *resigned = true;
+            }
         }
         // No more acquiring.
         self.next_ms = u64::MAX;
@@ -353,6 +398,7 @@ impl Coordinator {
             self.state = State::Backup;
             self.changes.push_back(Change::SteppedDown {
                 reason: reason.to_string(),
+                resigned: false,
             });
             self.set_primary(None);
             // Our own lease may still be in the store: wait for it to expire rather than

@@ -4,15 +4,17 @@
 mod coordinator;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ors_store::{SessionStore, StoreError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 pub use coordinator::{Change, Coordinator, Identity, Primary, Request, Role, Timing};
+pub use watch::WATCH_PATH;
 
 /// What the host does when its role changes. Called from the driver task, in order.
 #[async_trait]
@@ -182,16 +184,43 @@ struct Driver {
 
 impl Driver {
     async fn run(self) {
+        let (dead_tx, mut dead_rx) = mpsc::unbounded_channel();
+        let mut watching: Option<(String, tokio::task::JoinHandle<()>)> = None;
         loop {
+            // A backup watches its primary's process, to take over the moment it dies
+            // instead of when its lease expires.
+            let target = {
+                let co = lock(&self.coordinator);
+                (co.role() == Role::Backup)
+                    .then(|| co.primary().map(|p| p.advertise_url.clone()))
+                    .flatten()
+                    .filter(|u| !u.is_empty())
+            };
+            if watching.as_ref().map(|(u, _)| u) != target.as_ref() {
+                if let Some((_, task)) = watching.take() {
+                    task.abort();
+                }
+                if let Some(url) = target {
+                    let task = tokio::spawn(watch::watch(url.clone(), dead_tx.clone()));
+                    watching = Some((url, task));
+                }
+            }
             if self.step().await {
                 continue;
             }
             let wake = lock(&self.coordinator).next_wakeup_ms();
             let wait = Duration::from_millis(wake.saturating_sub(self.clock.now_ms()).max(1));
             tokio::select! {
-                _ = self.stop.notified() => return,
+                _ = self.stop.notified() => break,
                 _ = tokio::time::sleep(wait) => {}
+                Some(url) = dead_rx.recv() => {
+                    tracing::warn!(primary = %url, "the primary's process is gone; taking over its lease");
+                    lock(&self.coordinator).primary_gone(&url, self.clock.now_ms());
+                }
             }
+        }
+        if let Some((_, task)) = watching {
+            task.abort();
         }
     }
 
@@ -232,6 +261,20 @@ impl Driver {
                 }
                 lock(&self.coordinator).on_renew(r, started, self.clock.now_ms());
             }
+            Request::Seize(dead) => {
+                // Conditional on the dead primary's token: a no-op if anyone renewed or
+                // took the lease since. Then an ordinary race to acquire it.
+                let released = tokio::time::timeout(limit, self.store.release_lease(&dead)).await;
+                if !matches!(released, Ok(Ok(()))) {
+                    tracing::warn!(
+                        "could not release the dead primary's lease; waiting for it to expire"
+                    );
+                }
+                let (name, holder) = (id.lease_name(), id.holder());
+                let call = self.store.acquire_lease(&name, &holder, ttl);
+                let r = bounded(tokio::time::timeout(limit, call).await);
+                lock(&self.coordinator).on_acquire(r, started, self.clock.now_ms());
+            }
             Request::Read => {
                 let r = bounded(
                     tokio::time::timeout(limit, self.store.read_lease(&id.lease_name())).await,
@@ -255,8 +298,12 @@ impl Driver {
                     metrics::gauge!("ors_primary").set(1.0);
                     self.roles.became_primary(token).await;
                 }
-                Some(Change::SteppedDown { reason }) => {
-                    tracing::error!(%reason, "stepping down: this process is a backup now");
+                Some(Change::SteppedDown { reason, resigned }) => {
+                    if resigned {
+                        tracing::info!(%reason, "handing the node over");
+                    } else {
+                        tracing::error!(%reason, "stepping down: this process is a backup now");
+                    }
                     metrics::gauge!("ors_primary").set(0.0);
                     self.roles.stepped_down(&reason).await;
                 }

@@ -79,7 +79,7 @@ fn a_primary_that_cannot_renew_in_time_steps_down() {
     c.poll(800);
     assert_eq!(c.role(), Role::Backup);
     assert!(
-        matches!(&changes(&mut c)[0], Change::SteppedDown { reason } if reason.contains("in time"))
+        matches!(&changes(&mut c)[0], Change::SteppedDown { reason, resigned: false } if reason.contains("in time"))
     );
 }
 
@@ -145,12 +145,37 @@ fn holder_strings_carry_the_addresses() {
 }
 
 #[test]
+fn a_backup_seizes_the_lease_of_a_primary_known_dead() {
+    let mut c = Coordinator::new(id("b"), timing(), 0);
+    c.poll(0);
+    c.on_acquire(Ok(None), 0, 0);
+    c.poll(0);
+    let theirs = lease("a|http://a|http://lb", 5);
+    c.on_read(Ok(Some(theirs.clone())), 1);
+    // Evidence about some other process changes nothing.
+    c.primary_gone("http://elsewhere", 2);
+    assert_eq!(c.poll(2), None);
+    // The primary's process is gone: seize at once, long before its lease expires.
+    c.primary_gone("http://a", 3);
+    assert_eq!(c.poll(3), Some(Request::Seize(theirs)));
+    c.on_acquire(Ok(Some(lease("b|http://b|http://lb", 6))), 3, 4);
+    assert_eq!(c.role(), Role::Primary);
+    // A primary ignores such reports.
+    c.primary_gone("http://a", 5);
+    assert!(matches!(c.poll(400), Some(Request::Renew(_))));
+}
+
+#[test]
 fn resigning_hands_the_lease_back() {
     let mut c = Coordinator::new(id("a"), timing(), 0);
     c.poll(0);
     c.on_acquire(Ok(Some(lease("a|http://a|http://lb", 4))), 0, 0);
     changes(&mut c);
     assert_eq!(c.resign(10).map(|l| l.token), Some(4));
+    assert!(matches!(
+        &changes(&mut c)[0],
+        Change::SteppedDown { resigned: true, .. }
+    ));
     assert_eq!(c.role(), Role::Backup);
     assert_eq!(c.poll(10_000), None, "a resigned process asks for nothing");
 }
@@ -234,6 +259,39 @@ async fn a_dead_primary_is_replaced_when_its_lease_expires() {
     );
     // The old primary's token is fenced out.
     assert!(store.renew_lease(&dead, 1000).await.is_err());
+}
+
+#[tokio::test]
+async fn a_seized_lease_fences_out_its_old_holder() {
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let old = store
+        .acquire_lease("node:n1", "a|http://a|http://lb", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = Arc::new(Seen::default());
+    let mut c = Coordinator::new(id("b"), timing(), 0);
+    c.poll(0);
+    c.on_acquire(Ok(None), 0, 0);
+    c.poll(0);
+    c.on_read(Ok(store.read_lease("node:n1").await.unwrap()), 0);
+    c.primary_gone("http://a", 0);
+    let coordinator = Arc::new(Mutex::new(c));
+    let driver = Driver {
+        coordinator: coordinator.clone(),
+        store: store.clone(),
+        roles: seen.clone(),
+        stop: Arc::new(Notify::new()),
+        clock: Clock(Instant::now()),
+    };
+    assert!(driver.step().await);
+    assert_eq!(lock(&coordinator).role(), Role::Primary);
+    let new = store.read_lease("node:n1").await.unwrap().unwrap();
+    assert!(new.token > old.token);
+    assert!(matches!(
+        store.renew_lease(&old, 1000).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
 }
 
 #[tokio::test]

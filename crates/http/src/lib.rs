@@ -109,6 +109,7 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         // Outside the layers: a load balancer polls it several times a second, and a
         // backup's 503 is its normal answer, not a failure to log.
         .route("/heartbeat", get(heartbeat))
+        .route(ors_cluster::WATCH_PATH, get(watch))
         .with_state(state)
 }
 
@@ -459,6 +460,18 @@ async fn route_to_owner(
             format!("node {node}'s address {url} is not a valid URL"),
             None,
         ),
+    }
+}
+
+/// A backup's watch on this process (see `ors_cluster`): a primary holds the request for
+/// two seconds, so that its death breaks the connection; a backup answers at once.
+async fn watch(State(s): State<AppState>) -> Response {
+    let close = [(header::CONNECTION, "close")];
+    if s.rt.role() == NodeRole::Primary {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        (StatusCode::OK, close, "primary").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, close, "backup").into_response()
     }
 }
 
