@@ -75,7 +75,8 @@ pub(crate) async fn watch(url: String, dead: mpsc::UnboundedSender<String>) {
                     let _ = dead.send(url);
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // A dying process may still hold its port for a moment: look again soon.
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }

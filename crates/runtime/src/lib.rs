@@ -366,11 +366,12 @@ impl Runtime {
             SchedulerConfig {
                 claimer: format!("{}/{}", shared.cfg.node_id, shared.cfg.instance),
                 poll: shared.cfg.schedule_poll,
-                // A claim of a primary that died comes back after this: a takeover must
-                // not wait long for the dead primary's timers. Firing twice is harmless
-                // (jobs are idempotent); this only bounds how long a claim protects a
-                // slow firing from a second one.
-                claim: (shared.cfg.lease_ttl * 2).max(Duration::from_secs(2)),
+                // A claim of a primary that died comes back after this (2 to 5 s): a
+                // takeover must not wait long for the dead primary's timers. Firing twice
+                // is harmless (jobs are idempotent); a claim only keeps a slow firing
+                // from being started a second time.
+                claim: (shared.cfg.lease_ttl * 2)
+                    .clamp(Duration::from_secs(2), Duration::from_secs(5)),
                 ..SchedulerConfig::default()
             },
             waker,
