@@ -408,3 +408,48 @@ async fn a_killed_primary_is_replaced_before_its_lease_expires() {
     let q = wait_for(&c, &b, &sid, 10, |st, _| st == 200).await;
     assert_eq!(q["datamodel"]["n"], 4);
 }
+
+const PINGER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <datamodel><data id="peer" expr="''"/><data id="pongs" expr="0"/><data id="errors" expr="0"/></datamodel>
+  <state id="s">
+    <onentry><send event="ping" targetexpr="'#_scxml_' + peer"/></onentry>
+    <transition event="pong"><assign location="pongs" expr="pongs + 1"/></transition>
+    <transition event="error.communication"><assign location="errors" expr="errors + 1"/></transition>
+  </state>
+</scxml>"#;
+
+const PONGER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <datamodel><data id="pings" expr="0"/></datamodel>
+  <state id="s">
+    <transition event="ping"><assign location="pings" expr="pings + 1"/>
+      <send event="pong" targetexpr="_event.origin"/></transition>
+  </state>
+</scxml>"#;
+
+/// `<send target="#_scxml_<id>">` to a session of another node reaches it (and the reply
+/// comes back to `_event.origin`); a session that does not exist there, or a node with no
+/// primary, raises error.communication in the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_different_nodes_send_each_other_events() {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let url: &str = Box::leak(redis.url().into_boxed_str());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("pinger.scxml"), PINGER).unwrap();
+    std::fs::write(docs.join("ponger.scxml"), PONGER).unwrap();
+    let extra =
+        |node: &'static str| vec!["--store", "redis", "--redis-url", url, "--node-id", node];
+    let one = Server::start(&tmp.path().join("1"), &docs, CONFIG, &extra("node1"));
+    let two = Server::start(&tmp.path().join("2"), &docs, CONFIG, &extra("node2"));
+    let c = no_redirects();
+    let ponger = start(&c, &two, "ponger.scxml", &[]).await;
+    let pinger = start(&c, &one, "pinger.scxml", &[("peer", &ponger)]).await;
+    wait_for(&c, &one, &pinger, 10, |_, q| q["datamodel"]["pongs"] == 1).await;
+    assert_eq!(query(&c, &two, &ponger).await.1["datamodel"]["pings"], 1);
+    for nobody in ["node2-nosuch", "node9-x"] {
+        let sid = start(&c, &one, "pinger.scxml", &[("peer", nobody)]).await;
+        let q = wait_for(&c, &one, &sid, 10, |_, q| q["datamodel"]["errors"] == 1).await;
+        assert_eq!(q["datamodel"]["pongs"], 0);
+    }
+}

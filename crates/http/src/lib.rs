@@ -91,6 +91,7 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         .route("/scxml/session/{id}/query", get(query).post(query))
         .route("/scxml/session/{id}/terminate", post(terminate))
         .route("/scxml/session/{id}/basichttp", post(basichttp))
+        .route("/scxml/session/{id}/deliver", post(deliver))
         .route("/metrics", get(prometheus))
         .route("/ors/help", get(help))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into(), None) })
@@ -460,6 +461,25 @@ async fn route_to_owner(
             format!("node {node}'s address {url} is not a valid URL"),
             None,
         ),
+    }
+}
+
+/// The SCXML Event I/O Processor between nodes: an event a session of another node sent
+/// to this one (`<send target="#_scxml_<id>">`), as JSON; answered once durable.
+async fn deliver(State(s): State<AppState>, Path(id): Path<String>, body: Bytes) -> Response {
+    let event: Event = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not an event: {e}"),
+                None,
+            );
+        }
+    };
+    match s.rt.deliver_from_node(&id, event).await {
+        Ok(()) => axum::Json(json!({ "sessionid": id, "status": "delivered" })).into_response(),
+        Err(e) => runtime_error(e),
     }
 }
 

@@ -18,6 +18,7 @@ mod config;
 mod documents;
 mod error;
 mod jobs;
+mod nodes;
 mod persist;
 mod worker;
 mod workers;
@@ -211,6 +212,13 @@ impl Shared {
         }
     }
 
+    async fn node_url(&self, node: &str) -> Result<Option<String>, RuntimeError> {
+        let lease = self.store.read_lease(&format!("node:{node}")).await?;
+        Ok(lease
+            .map(|l| Primary::from_holder(&l.holder).node_url().to_string())
+            .filter(|u| !u.is_empty()))
+    }
+
     /// The BasicHTTP location of a session of this server.
     fn basichttp_location(&self, sid: &str) -> String {
         format!(
@@ -218,6 +226,11 @@ impl Shared {
             self.cfg.external_url.trim_end_matches('/')
         )
     }
+}
+
+/// Node ids are letters, digits and `_` (so `<node>-<unique>` splits at the last `-`).
+pub(crate) fn valid_node_id(node: &str) -> bool {
+    !node.is_empty() && node.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The node a session id names (`<node>-<unique>`), if it is well formed.
@@ -292,12 +305,7 @@ impl Runtime {
         cfg: RuntimeConfig,
         store: Arc<dyn SessionStore>,
     ) -> Result<Runtime, RuntimeError> {
-        if cfg.node_id.is_empty()
-            || !cfg
-                .node_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if !valid_node_id(&cfg.node_id) {
             return Err(RuntimeError::BadRequest(format!(
                 "node id \"{}\" must be letters, digits and _",
                 cfg.node_id
@@ -421,14 +429,13 @@ impl Runtime {
     /// Where requests for the sessions of node `node` go: that node's external URL, read
     /// from its lease (`None`: the node has no primary now).
     pub async fn node_url(&self, node: &str) -> Result<Option<String>, RuntimeError> {
-        let lease = self
-            .shared
-            .store
-            .read_lease(&format!("node:{node}"))
-            .await?;
-        Ok(lease
-            .map(|l| Primary::from_holder(&l.holder).node_url().to_string())
-            .filter(|u| !u.is_empty()))
+        self.shared.node_url(node).await
+    }
+
+    /// Delivers an event that a session of another node sent to session `sid` through the
+    /// SCXML Event I/O Processor; returns once its macrostep is durable.
+    pub async fn deliver_from_node(&self, sid: &str, event: Event) -> Result<(), RuntimeError> {
+        self.send_event(sid, event).await
     }
 
     /// Whether the store answered this process's last lease call (renewed every third of

@@ -105,6 +105,8 @@ struct Batch {
     remote: Vec<(Option<String>, String, Command)>,
     /// `(from, target URL, event)`: BasicHTTP sends to other servers.
     http: Vec<(String, String, Event)>,
+    /// `(from, to, event)`: SCXML sends to sessions of other nodes.
+    other_nodes: Vec<(String, String, Event)>,
 }
 
 struct Worker {
@@ -352,6 +354,12 @@ impl Worker {
         for (origin, to, cmd) in batch.remote {
             if origin.is_none_or(|o| !failed.contains_key(&o)) {
                 self.shared.workers.send_internal(&to, cmd);
+            }
+        }
+        for (from, to, event) in batch.other_nodes {
+            if !failed.contains_key(&from) {
+                self.main
+                    .spawn(crate::nodes::deliver(self.shared.clone(), from, to, event));
             }
         }
         for (from, target, event) in batch.http {

@@ -22,8 +22,7 @@ impl Worker {
                     };
                     batch.remote.push((Some(from), to, cmd));
                 } else {
-                    let msg = format!("session {to} is not on this node");
-                    self.host.report_undeliverable(&from, event.sendid, &msg);
+                    batch.other_nodes.push((from, to, event));
                 }
             }
             Output::Load { session } => match self.load(&session).await {

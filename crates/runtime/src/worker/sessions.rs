@@ -25,11 +25,10 @@ impl Worker {
         s.set_loopback(Box::new(move |target, event| {
             (target == own).then(|| crate::basichttp::loopback(target, event))
         }));
-        // Session ids carry their node: a target on another node (or malformed) can be
-        // refused at once; whether a local id exists is known only on delivery.
-        let node = self.shared.cfg.node_id.clone();
+        // Session ids carry their node: a malformed one can be refused at once; whether
+        // a session exists (here or on another node) is known only on delivery.
         s.set_target_check(Box::new(move |target| match SendTarget::parse(target) {
-            SendTarget::Session(id) => owner_node(id) == Some(node.as_str()),
+            SendTarget::Session(id) => owner_node(id).is_some_and(crate::valid_node_id),
             _ => true,
         }));
         s
