@@ -192,6 +192,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "embedded".into());
     let store: Arc<dyn ors_store::SessionStore> = match store_kind.as_str() {
         "embedded" => {
+            if args.instance.is_some() || file.instance.is_some() {
+                anyhow::bail!(
+                    "--instance makes this process a primary or a backup of its node, which \
+                     needs a store shared by processes: use --store redis or --store cassandra \
+                     (the embedded store is a file one process opens at a time)"
+                );
+            }
             let path = data_dir.join("ors.redb");
             Arc::new(
                 ors_store_embedded::EmbeddedStore::open_with_cache(

@@ -226,3 +226,25 @@ fn serve_on_cassandra_reports_an_unreachable_cluster() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// Primary and backup processes need a store they can share: the embedded store refuses
+/// `--instance` with a clear error instead of starting a lone node.
+#[test]
+fn serve_refuses_a_primary_backup_pair_on_the_embedded_store() {
+    let data = std::env::temp_dir().join(format!("ors-cli-instance-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_ors"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--instance",
+            "b",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a store shared by processes"), "{err}");
+}
