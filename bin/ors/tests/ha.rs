@@ -453,3 +453,152 @@ async fn sessions_of_different_nodes_send_each_other_events() {
         assert_eq!(q["datamodel"]["pongs"], 0);
     }
 }
+
+/// A TCP proxy the test can cut and restore: connections through it break at once while
+/// it is cut, and new ones are refused.
+struct Proxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            std::sync::Arc::default();
+        let (o, cs) = (open.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                cs.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            open,
+            conns,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// The primary loses the store (a TCP proxy between them is cut) while its backup still
+/// reaches it: the primary steps down, the backup takes over when the lease expires (the
+/// primary's process is alive, so the watch gives no evidence), nothing the cut-off
+/// process tried is applied, and when the link comes back it stays a backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_cut_from_the_store_steps_down_and_its_backup_takes_over() {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let direct: &str = Box::leak(redis.url().into_boxed_str());
+    let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await;
+    let through: &str = Box::leak(format!("redis://127.0.0.1:{}", proxy.port).into_boxed_str());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
+    let a = Server::start(
+        &tmp.path().join("a"),
+        &docs,
+        CONFIG,
+        &[
+            "--store",
+            "redis",
+            "--redis-url",
+            through,
+            "--instance",
+            "a",
+        ],
+    );
+    let b = Server::start(
+        &tmp.path().join("b"),
+        &docs,
+        CONFIG,
+        &["--store", "redis", "--redis-url", direct, "--instance", "b"],
+    );
+    let c = no_redirects();
+    let sid = start(&c, &a, "counter.scxml", &[]).await;
+    for _ in 0..3 {
+        assert_eq!(
+            post(&c, &format!("{}/scxml/session/{sid}/event/inc", a.url), &[])
+                .await
+                .0,
+            200
+        );
+    }
+    proxy.cut();
+    let cut = Instant::now();
+    // The cut-off process tries to work while it still believes it is primary.
+    let mut from_a = 0;
+    let took = loop {
+        let (st, _) = post(&c, &format!("{}/scxml/session/{sid}/event/inc", a.url), &[]).await;
+        assert_ne!(
+            st, 200,
+            "a process cut off from the store acknowledged an event"
+        );
+        from_a += 1;
+        if heartbeat(&c, &b).await.0 == 200 {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(15),
+            "the backup did not take over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "backup took over {took:?} after the cut ({from_a} refused attempts on the old primary)"
+    );
+    let (st, body) = heartbeat(&c, &a).await;
+    assert_eq!((st, &body["role"]), (503, &Value::from("backup")), "{body}");
+    for _ in 0..2 {
+        assert_eq!(
+            post(&c, &format!("{}/scxml/session/{sid}/event/inc", b.url), &[])
+                .await
+                .0,
+            200
+        );
+    }
+    proxy.restore();
+    // Whatever the old primary's client still had queued must not land.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        query(&c, &b, &sid).await.1["datamodel"]["n"],
+        5,
+        "no write of the fenced process was applied"
+    );
+    let (st, body) = heartbeat(&c, &a).await;
+    assert_eq!(st, 503, "{body}");
+    assert_eq!(body["primary"], b.url.as_str());
+    assert_eq!(body["store"], "up");
+}
