@@ -1,4 +1,4 @@
-//! `ors-load-bench --ors target/release/ors [--idle 100000]`
+//! `ors-load-bench --ors target/release/ors [--idle 100000] [--nodes 1,2,3]`
 //!
 //! Starts the given `ors` binary (embedded store, then Redis if `redis-server` is
 //! installed) on loopback and reports, with 64 concurrent HTTP clients:
@@ -100,30 +100,22 @@ async fn start_sessions(c: &reqwest::Client, url: &str, n: usize) -> (Vec<String
     (ids, rate)
 }
 
-async fn events(
-    c: &reqwest::Client,
-    url: &str,
-    ids: &[String],
-    secs: u64,
-) -> (f64, Duration, Duration) {
-    let ids = Arc::new(ids.to_vec());
+/// Runs the clients for `secs` against the event URLs, round robin; events/s, p50, p99.
+async fn events(c: &reqwest::Client, targets: Vec<String>, secs: u64) -> (f64, Duration, Duration) {
+    let targets = Arc::new(targets);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let t = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..CLIENTS {
-        let (c, url, ids) = (c.clone(), url.to_string(), ids.clone());
+        let (c, targets) = (c.clone(), targets.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut i = k;
             while Instant::now() < deadline {
-                let sid = &ids[i % ids.len()];
+                let target = &targets[i % targets.len()];
                 i += CLIENTS;
                 let s = Instant::now();
-                let r = c
-                    .post(format!("{url}/scxml/session/{sid}/event/inc"))
-                    .send()
-                    .await
-                    .expect("event");
+                let r = c.post(target).send().await.expect("event");
                 assert_eq!(r.status(), 200, "{:?}", r.text().await);
                 lat.push(s.elapsed());
             }
@@ -140,6 +132,43 @@ async fn events(
     (rate, p(0.5), p(0.99))
 }
 
+fn event_urls(url: &str, ids: &[String]) -> Vec<String> {
+    ids.iter()
+        .map(|sid| format!("{url}/scxml/session/{sid}/event/inc"))
+        .collect()
+}
+
+/// `n` nodes (one process each) on one redis-server; each session's events go to its
+/// own node. The clients and every node share this machine's cores.
+async fn nodes(bin: &str, n: usize) {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bench.scxml"), DOC).unwrap();
+    let servers: Vec<Server> = (1..=n)
+        .map(|k| {
+            let node = format!("node{k}");
+            let args = ["--store", "redis", "--redis-url", &url, "--node-id", &node];
+            start_server(bin, &dir.path().join(&node), dir.path(), &args)
+        })
+        .collect();
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .unwrap();
+    let mut targets = Vec::new();
+    for s in &servers {
+        let (ids, _) = start_sessions(&c, &s.url, SESSIONS / n).await;
+        targets.extend(event_urls(&s.url, &ids));
+    }
+    let (rate, p50, p99) = events(&c, targets, 10).await;
+    println!(
+        "redis, {n} node(s)  durable events/s {rate:>8.0}  p50 {:>6.2} ms  p99 {:>6.2} ms  ({CLIENTS} clients, {SESSIONS} sessions)",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+}
+
 async fn run(name: &str, bin: &str, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bench.scxml"), DOC).unwrap();
@@ -149,7 +178,7 @@ async fn run(name: &str, bin: &str, extra: &[&str]) {
         .build()
         .unwrap();
     let (ids, started) = start_sessions(&c, &s.url, SESSIONS).await;
-    let (rate, p50, p99) = events(&c, &s.url, &ids, 10).await;
+    let (rate, p50, p99) = events(&c, event_urls(&s.url, &ids), 10).await;
     println!(
         "{name:<9} sessions started/s {started:>8.0} | durable events/s {rate:>8.0}  p50 {:>6.2} ms  p99 {:>6.2} ms  ({CLIENTS} clients, {SESSIONS} sessions)",
         p50.as_secs_f64() * 1e3,
@@ -171,6 +200,13 @@ async fn main() {
     let idle: usize = arg("--idle")
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    // `--nodes 1,2,3`: only the cluster figures.
+    if let Some(list) = arg("--nodes") {
+        for n in list.split(',').filter_map(|n| n.parse::<usize>().ok()) {
+            nodes(&bin, n.max(1)).await;
+        }
+        return;
+    }
 
     run("embedded", &bin, &[]).await;
     if Command::new("redis-server")
