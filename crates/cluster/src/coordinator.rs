@@ -167,8 +167,9 @@ pub struct Coordinator {
     read_next: bool,
     /// The lease of another process as last read (what a seizure releases).
     observed: Option<Lease>,
-    /// The holder of `observed` is dead: seize its lease next.
-    seize_next: bool,
+    /// A lease whose holder is known dead: seize it next (unless a newer read shows the
+    /// lease has changed hands since).
+    seize: Option<Lease>,
     primary: Option<Primary>,
     changes: VecDeque<Change>,
     /// Whether the last lease call reached the store.
@@ -186,7 +187,7 @@ impl Coordinator {
             waiting: false,
             read_next: false,
             observed: None,
-            seize_next: false,
+            seize: None,
             primary: None,
             changes: VecDeque::new(),
             store_up: true,
@@ -263,14 +264,10 @@ impl Coordinator {
         Some(match &self.state {
             State::Primary { lease, .. } => Request::Renew(lease.clone()),
             State::Backup if self.read_next => Request::Read,
-            State::Backup if self.seize_next => {
-                self.seize_next = false;
-                match self.observed.take() {
-                    Some(lease) => Request::Seize(lease),
-                    None => Request::Acquire,
-                }
-            }
-            State::Backup => Request::Acquire,
+            State::Backup => match self.seize.take() {
+                Some(dead) => Request::Seize(dead),
+                None => Request::Acquire,
+            },
         })
     }
 
@@ -338,6 +335,10 @@ impl Coordinator {
             // it only has to expire.
             let other = lease.filter(|l| l.holder != self.id.holder());
             self.set_primary(other.as_ref().map(|l| Primary::from_holder(&l.holder)));
+            // A death reported for an older holder says nothing about the new one.
+            if self.seize.as_ref().map(|l| l.token) != other.as_ref().map(|l| l.token) {
+                self.seize = None;
+            }
             self.observed = other;
         }
         self.next_ms = now_ms + self.timing.acquire_every.as_millis() as u64;
@@ -348,12 +349,17 @@ impl Coordinator {
     /// once instead of waiting for it to expire. Ignored if that is not the primary this
     /// coordinator knows of.
     pub fn primary_gone(&mut self, advertise_url: &str, now_ms: u64) {
-        let known = self
-            .primary
+        // Only the lease last read, and only if that is the process reported dead: the
+        // seizure releases exactly that token, so a lease that changed hands since (a
+        // restart, another backup's takeover) is left alone.
+        let dead = self
+            .observed
             .as_ref()
-            .is_some_and(|p| p.advertise_url == advertise_url);
-        if matches!(self.state, State::Backup) && known && self.observed.is_some() {
-            self.seize_next = true;
+            .filter(|l| Primary::from_holder(&l.holder).advertise_url == advertise_url);
+        if matches!(self.state, State::Backup)
+            && let Some(l) = dead
+        {
+            self.seize = Some(l.clone());
             self.read_next = false;
             self.next_ms = now_ms;
         }

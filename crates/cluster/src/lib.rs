@@ -3,6 +3,8 @@
 
 mod coordinator;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 mod watch;
 
