@@ -19,24 +19,19 @@ pub use coordinator::{Change, Coordinator, Identity, Primary, Request, Role, Tim
 pub use watch::WATCH_PATH;
 
 /// What the host does when its role changes. Called from the driver task, in order.
+/// (Who the primary is can be asked at any time: [`Cluster::primary`].)
 #[async_trait]
 pub trait Roles: Send + Sync + 'static {
     /// This process is the node's primary now; every write carries `token`.
     async fn became_primary(&self, token: u64);
     /// This process is a backup now: stop serving, drop the node's sessions from memory.
     async fn stepped_down(&self, reason: &str);
-    /// The node's primary is this one (or none is known).
-    fn primary_is(&self, primary: Option<&Primary>);
 }
 
 /// The running coordinator of this process: a task that renews or takes the lease.
 pub struct Cluster {
-    coordinator: Arc<Mutex<Coordinator>>,
-    store: Arc<dyn SessionStore>,
-    roles: Arc<dyn Roles>,
-    stop: Arc<Notify>,
+    driver: Driver,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    clock: Clock,
 }
 
 /// Milliseconds on this process's monotonic clock (lease validity is judged on it).
@@ -66,103 +61,81 @@ impl Cluster {
     ) -> Cluster {
         let clock = Clock(Instant::now());
         let c = Cluster {
-            coordinator: Arc::new(Mutex::new(Coordinator::new(id, timing, clock.now_ms()))),
-            store,
-            roles,
-            stop: Arc::new(Notify::new()),
+            driver: Driver {
+                coordinator: Arc::new(Mutex::new(Coordinator::new(id, timing, clock.now_ms()))),
+                store,
+                roles,
+                stop: Arc::new(Notify::new()),
+                clock,
+            },
             task: Mutex::new(None),
-            clock,
         };
         let deadline =
             clock.now_ms() + (timing.lease_ttl + Duration::from_secs(2)).as_millis() as u64;
         let (name, mine) = {
-            let co = lock(&c.coordinator);
+            let co = lock(&c.driver.coordinator);
             (co.identity().lease_name(), co.identity().instance.clone())
         };
         loop {
-            c.round().await;
+            // Acquire, and on failure read who holds the lease.
+            for _ in 0..2 {
+                c.driver.step().await;
+            }
             if c.role() == Role::Primary || clock.now_ms() > deadline {
                 break;
             }
             // Held by a process of this instance: our predecessor, which no backup may
             // replace sooner than we can. Anything else: we are a backup.
-            let holder = c.store.read_lease(&name).await.ok().flatten();
+            let holder = c.driver.store.read_lease(&name).await.ok().flatten();
             if holder.is_none_or(|l| Primary::from_holder(&l.holder).instance != mine) {
                 break;
             }
             tracing::info!(lease = %name, "waiting for the lease of this instance's previous process to expire");
-            let wait = lock(&c.coordinator)
+            let wait = lock(&c.driver.coordinator)
                 .next_wakeup_ms()
                 .saturating_sub(clock.now_ms());
             tokio::time::sleep(Duration::from_millis(wait.max(20))).await;
         }
-        let driver = Driver {
-            coordinator: c.coordinator.clone(),
-            store: c.store.clone(),
-            roles: c.roles.clone(),
-            stop: c.stop.clone(),
-            clock,
-        };
-        *c.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::spawn(driver.run()));
+        let task = tokio::spawn(c.driver.clone().run());
+        *c.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         c
     }
 
     /// This process's role now.
     pub fn role(&self) -> Role {
-        lock(&self.coordinator).role()
+        lock(&self.driver.coordinator).role()
     }
 
     /// Whether this process is primary and its lease surely still holds now. A process
     /// that was paused (SIGSTOP, a long GC, a hung disk) past its lease learns here, before
     /// its coordinator task has run again, that it must not answer as the primary.
     pub fn holds_lease(&self) -> bool {
-        lock(&self.coordinator).holds_lease(self.clock.now_ms())
+        lock(&self.driver.coordinator).holds_lease(self.driver.clock.now_ms())
     }
 
     /// Whether the last lease call reached the store.
     pub fn store_up(&self) -> bool {
-        lock(&self.coordinator).store_up()
+        lock(&self.driver.coordinator).store_up()
     }
 
     /// The node's primary as last known.
     pub fn primary(&self) -> Option<Primary> {
-        lock(&self.coordinator).primary().cloned()
-    }
-
-    /// One round of store calls without the background task (used by `start`).
-    async fn round(&self) {
-        let driver = Driver {
-            coordinator: self.coordinator.clone(),
-            store: self.store.clone(),
-            roles: self.roles.clone(),
-            stop: self.stop.clone(),
-            clock: self.clock,
-        };
-        // Acquire, and on failure read who holds the lease.
-        for _ in 0..2 {
-            driver.step().await;
-        }
+        lock(&self.driver.coordinator).primary().cloned()
     }
 
     /// Graceful shutdown: stops the task, steps down and releases the lease at once so a
     /// backup takes over without waiting for it to expire.
     pub async fn resign(&self) {
-        self.stop.notify_one();
+        let d = &self.driver;
+        d.stop.notify_one();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = task {
             let _ = t.await;
         }
-        let lease = lock(&self.coordinator).resign(self.clock.now_ms());
-        let driver = Driver {
-            coordinator: self.coordinator.clone(),
-            store: self.store.clone(),
-            roles: self.roles.clone(),
-            stop: self.stop.clone(),
-            clock: self.clock,
-        };
-        driver.deliver_changes().await;
+        let lease = lock(&d.coordinator).resign(d.clock.now_ms());
+        d.deliver_changes().await;
         if let Some(l) = lease
-            && let Err(e) = self.store.release_lease(&l).await
+            && let Err(e) = d.store.release_lease(&l).await
         {
             tracing::warn!(error = %e, "could not release the node lease; it expires on its own");
         }
@@ -176,6 +149,8 @@ fn bounded<T>(
     r.unwrap_or_else(|_| Err(StoreError::Unavailable("lease call timed out".into())))
 }
 
+/// The coordinator and what it acts with; the background task and `Cluster` share it.
+#[derive(Clone)]
 struct Driver {
     coordinator: Arc<Mutex<Coordinator>>,
     store: Arc<dyn SessionStore>,
@@ -246,7 +221,18 @@ impl Driver {
         let limit = timing.renew_every.max(Duration::from_millis(100));
         let started = self.clock.now_ms();
         match request {
-            Request::Acquire => {
+            Request::Acquire | Request::Seize(_) => {
+                if let Request::Seize(dead) = &request {
+                    // Conditional on the dead primary's token: a no-op if anyone renewed
+                    // or took the lease since. Then an ordinary race to acquire it.
+                    let released =
+                        tokio::time::timeout(limit, self.store.release_lease(dead)).await;
+                    if !matches!(released, Ok(Ok(()))) {
+                        tracing::warn!(
+                            "could not release the dead primary's lease; waiting for it to expire"
+                        );
+                    }
+                }
                 let (name, holder) = (id.lease_name(), id.holder());
                 let call = self.store.acquire_lease(&name, &holder, ttl);
                 let r = bounded(tokio::time::timeout(limit, call).await);
@@ -262,20 +248,6 @@ impl Driver {
                     tracing::error!(error = %e, "could not renew the node lease");
                 }
                 lock(&self.coordinator).on_renew(r, started, self.clock.now_ms());
-            }
-            Request::Seize(dead) => {
-                // Conditional on the dead primary's token: a no-op if anyone renewed or
-                // took the lease since. Then an ordinary race to acquire it.
-                let released = tokio::time::timeout(limit, self.store.release_lease(&dead)).await;
-                if !matches!(released, Ok(Ok(()))) {
-                    tracing::warn!(
-                        "could not release the dead primary's lease; waiting for it to expire"
-                    );
-                }
-                let (name, holder) = (id.lease_name(), id.holder());
-                let call = self.store.acquire_lease(&name, &holder, ttl);
-                let r = bounded(tokio::time::timeout(limit, call).await);
-                lock(&self.coordinator).on_acquire(r, started, self.clock.now_ms());
             }
             Request::Read => {
                 let r = bounded(
@@ -309,7 +281,9 @@ impl Driver {
                     metrics::gauge!("ors_primary").set(0.0);
                     self.roles.stepped_down(&reason).await;
                 }
-                Some(Change::PrimaryIs(p)) => self.roles.primary_is(p.as_ref()),
+                Some(Change::PrimaryIs(p)) => {
+                    tracing::debug!(primary = ?p, "the node's primary");
+                }
             }
         }
     }

@@ -192,10 +192,6 @@ impl Roles for Seen {
     async fn stepped_down(&self, reason: &str) {
         self.0.lock().unwrap().push(format!("backup: {reason}"));
     }
-    fn primary_is(&self, p: Option<&Primary>) {
-        let who = p.map_or("nobody".to_string(), |p| p.instance.clone());
-        self.0.lock().unwrap().push(format!("primary is {who}"));
-    }
 }
 
 async fn until(what: &str, ok: impl Fn() -> bool) {

@@ -132,14 +132,6 @@ impl FinishedSessions {
     }
 }
 
-/// This process's role, as the cluster coordinator last said.
-#[derive(Default)]
-struct RoleState {
-    primary: std::sync::atomic::AtomicBool,
-    /// The primary's advertise URL (this process's own when primary).
-    primary_url: Mutex<Option<String>>,
-}
-
 /// What the runtime's parts share: set up once by [`Runtime::start`].
 pub(crate) struct Shared {
     cfg: RuntimeConfig,
@@ -148,7 +140,9 @@ pub(crate) struct Shared {
     workers: Workers,
     /// The node lease's fencing token, carried by every session write.
     fence: AtomicU64,
-    role: RoleState,
+    /// Set once this process is primary and its fencing token is in `fence`; cleared when
+    /// it steps down (the coordinator's role changes before the runtime has acted on it).
+    primary: std::sync::atomic::AtomicBool,
     /// The coordinator, set once it runs (see [`Shared::holds_lease`]).
     cluster: std::sync::OnceLock<Arc<Cluster>>,
     requests: PendingRequests,
@@ -175,7 +169,13 @@ impl Shared {
     }
 
     fn is_primary(&self) -> bool {
-        self.role.primary.load(Ordering::SeqCst)
+        self.primary.load(Ordering::SeqCst)
+    }
+
+    /// The advertise URL of the node's primary, as the coordinator last learned it.
+    fn primary_url(&self) -> Option<String> {
+        let primary = self.cluster.get()?.primary()?;
+        Some(primary.advertise_url).filter(|u| !u.is_empty())
     }
 
     /// Checked before a batch is acknowledged: this process is primary and its lease
@@ -191,13 +191,9 @@ impl Shared {
         if self.holds_lease() {
             return Ok(());
         }
-        let primary = self
-            .role
-            .primary_url
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Err(RuntimeError::NotPrimary { primary })
+        Err(RuntimeError::NotPrimary {
+            primary: self.primary_url(),
+        })
     }
 
     fn check_owner(&self, sid: &str) -> Result<(), RuntimeError> {
@@ -243,7 +239,6 @@ pub fn owner_node(sid: &str) -> Option<&str> {
 pub struct Runtime {
     shared: Arc<Shared>,
     threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
-    cluster: Arc<Mutex<Option<Arc<Cluster>>>>,
     scheduler: Arc<Mutex<Option<Scheduler>>>,
 }
 
@@ -257,7 +252,7 @@ impl Roles for RuntimeRoles {
     async fn became_primary(&self, token: u64) {
         let shared = &self.shared;
         shared.fence.store(token, Ordering::SeqCst);
-        shared.role.primary.store(true, Ordering::SeqCst);
+        shared.primary.store(true, Ordering::SeqCst);
         // Recovery: every session this node owns is reloaded (and told session.recovered
         // where its document asks); requests meanwhile load sessions on demand. The
         // node's timers fire from here on (the scheduler's `owns` asks `is_primary`).
@@ -277,20 +272,8 @@ impl Roles for RuntimeRoles {
     }
 
     async fn stepped_down(&self, _reason: &str) {
-        self.shared.role.primary.store(false, Ordering::SeqCst);
+        self.shared.primary.store(false, Ordering::SeqCst);
         self.shared.workers.broadcast_internal(|| Command::Evict);
-    }
-
-    fn primary_is(&self, primary: Option<&Primary>) {
-        let url = primary
-            .map(|p| p.advertise_url.clone())
-            .filter(|u| !u.is_empty());
-        *self
-            .shared
-            .role
-            .primary_url
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = url;
     }
 }
 
@@ -340,7 +323,7 @@ impl Runtime {
             docs,
             workers,
             fence: AtomicU64::new(0),
-            role: RoleState::default(),
+            primary: std::sync::atomic::AtomicBool::new(false),
             cluster: std::sync::OnceLock::new(),
             requests: PendingRequests::default(),
             finished: FinishedSessions {
@@ -365,7 +348,6 @@ impl Runtime {
         let rt = Runtime {
             shared: shared.clone(),
             threads: Arc::new(Mutex::new(threads)),
-            cluster: Arc::default(),
             scheduler: Arc::default(),
         };
         let scheduler = Scheduler::spawn(
@@ -411,9 +393,7 @@ impl Runtime {
             let primary = cluster.primary().map(|p| p.instance);
             tracing::info!(node = %cfg.node_id, instance = %cfg.instance, ?primary, "this process is a backup");
         }
-        let cluster = Arc::new(cluster);
-        let _ = shared.cluster.set(cluster.clone());
-        *rt.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(cluster);
+        let _ = shared.cluster.set(Arc::new(cluster));
         Ok(rt)
     }
 
@@ -432,12 +412,6 @@ impl Runtime {
         self.shared.node_url(node).await
     }
 
-    /// Delivers an event that a session of another node sent to session `sid` through the
-    /// SCXML Event I/O Processor; returns once its macrostep is durable.
-    pub async fn deliver_from_node(&self, sid: &str, event: Event) -> Result<(), RuntimeError> {
-        self.send_event(sid, event).await
-    }
-
     /// Whether the store answered this process's last lease call (renewed every third of
     /// the lease TTL by a primary, more often by a backup).
     pub fn store_up(&self) -> bool {
@@ -446,12 +420,7 @@ impl Runtime {
 
     /// The advertise URL of the node's primary, if known (this process's when primary).
     pub fn primary_url(&self) -> Option<String> {
-        self.shared
-            .role
-            .primary_url
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.primary_url()
     }
 
     /// This node's id (the prefix of its session ids).
@@ -617,12 +586,7 @@ impl Runtime {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         // Hand the lease over at once: a backup takes over without waiting for expiry.
-        let cluster = self
-            .cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(c) = cluster {
+        if let Some(c) = self.shared.cluster.get() {
             c.resign().await;
         }
     }

@@ -25,13 +25,14 @@ pub(crate) struct StoredSession {
 }
 
 impl StoredSession {
-    pub fn of<M>(h: &mut Hosted<M>, persist: bool) -> Result<Vec<u8>, String> {
+    /// The bytes of a session (only persisted sessions are stored, so `persist` is true).
+    pub fn of<M>(h: &mut Hosted<M>) -> Result<Vec<u8>, String> {
         let snapshot = h.session.snapshot().map_err(|e| e.to_string())?;
         let stored = StoredSession {
             snapshot,
             parent: h.parent.clone().map(|p| (p.session, p.invokeid)),
             children: h.children.clone(),
-            persist,
+            persist: true,
         };
         serde_json::to_vec(&stored).map_err(|e| e.to_string())
     }

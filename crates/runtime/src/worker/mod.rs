@@ -277,7 +277,7 @@ impl Worker {
             if !h.meta.persist {
                 continue;
             }
-            match StoredSession::of(h, true) {
+            match StoredSession::of(h) {
                 Ok(bytes) => batch.plan.snapshots.push(SnapshotWrite {
                     document: h.meta.document.clone(),
                     expected: h.meta.version,
@@ -332,8 +332,9 @@ impl Worker {
         }
         self.removals_left = outcome.removals_left;
         if !self.shared.holds_lease() && !batch.acks.is_empty() {
-            let primary = self.shared.serving().err();
-            let e = primary.unwrap_or(RuntimeError::NotPrimary { primary: None });
+            let e = RuntimeError::NotPrimary {
+                primary: self.shared.primary_url(),
+            };
             tracing::error!(
                 acks = batch.acks.len(),
                 "the lease may have run out during this batch; no acknowledgement is given"
