@@ -261,12 +261,8 @@ async fn start(State(s): State<AppState>, headers: HeaderMap, uri: Uri, body: By
     observe("start", t);
     match r {
         Ok(sid) => {
-            let mut resp = axum::Json(json!({ "sessionid": sid })).into_response();
-            let cookie = s.cfg.cookie.replace("{sessionid}", &sid);
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                resp.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            resp
+            let resp = axum::Json(json!({ "sessionid": sid })).into_response();
+            with_session_cookie(&s.cfg, resp, &sid)
         }
         Err(e) => runtime_error(e),
     }
@@ -389,24 +385,40 @@ async fn backups_redirect(
             None,
         );
     };
+    let body = |_: &str| json!({ "error": "this process is a backup", "primary": primary });
+    redirect(&primary, req.uri(), body)
+}
+
+/// `307` to the same path and query at `base` (a 307 keeps the method and body); `body`
+/// makes the JSON answer from the target URL.
+fn redirect(base: &str, uri: &Uri, body: impl FnOnce(&str) -> Value) -> Response {
     let target = format!(
         "{}{}",
-        primary.trim_end_matches('/'),
-        req.uri().path_and_query().map_or(path, |pq| pq.as_str())
+        base.trim_end_matches('/'),
+        uri.path_and_query().map_or(uri.path(), |pq| pq.as_str())
     );
     match HeaderValue::from_str(&target) {
         Ok(location) => (
             StatusCode::TEMPORARY_REDIRECT,
             [(header::LOCATION, location)],
-            axum::Json(json!({ "error": "this process is a backup", "primary": primary })),
+            axum::Json(body(&target)),
         )
             .into_response(),
         Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the primary's address {primary} is not a valid URL"),
+            format!("{base} is not a valid URL"),
             None,
         ),
     }
+}
+
+/// Adds `Set-Cookie` with the configured session cookie (`http.cookie`).
+fn with_session_cookie(cfg: &HttpConfig, mut resp: Response, sid: &str) -> Response {
+    let cookie = cfg.cookie.replace("{sessionid}", sid);
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
 }
 
 /// A request about a session of another node gets `307` to that node's external URL
@@ -440,28 +452,8 @@ async fn route_to_owner(
         }
         Err(e) => return runtime_error(e),
     };
-    let target = format!(
-        "{}{}",
-        url.trim_end_matches('/'),
-        req.uri().path_and_query().map_or(path, |pq| pq.as_str())
-    );
-    let cookie = s.cfg.cookie.replace("{sessionid}", &sid);
-    match (
-        HeaderValue::from_str(&target),
-        HeaderValue::from_str(&cookie),
-    ) {
-        (Ok(location), Ok(cookie)) => (
-            StatusCode::TEMPORARY_REDIRECT,
-            [(header::LOCATION, location), (header::SET_COOKIE, cookie)],
-            axum::Json(json!({ "sessionid": sid, "node": node, "location": target })),
-        )
-            .into_response(),
-        _ => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("node {node}'s address {url} is not a valid URL"),
-            None,
-        ),
-    }
+    let body = |target: &str| json!({ "sessionid": sid, "node": node, "location": target });
+    with_session_cookie(&s.cfg, redirect(&url, req.uri(), body), &sid)
 }
 
 /// The SCXML Event I/O Processor between nodes: an event a session of another node sent
@@ -477,7 +469,7 @@ async fn deliver(State(s): State<AppState>, Path(id): Path<String>, body: Bytes)
             );
         }
     };
-    match s.rt.deliver_from_node(&id, event).await {
+    match s.rt.send_event(&id, event).await {
         Ok(()) => axum::Json(json!({ "sessionid": id, "status": "delivered" })).into_response(),
         Err(e) => runtime_error(e),
     }
