@@ -52,26 +52,46 @@ async fn until_primary(c: &reqwest::Client, s: &Server, secs: u64) -> Duration {
     }
 }
 
+/// A real redis-server and a documents directory for the processes of one test.
+struct Rig {
+    redis: ors_testsupport::RedisServer,
+    tmp: tempfile::TempDir,
+    docs: std::path::PathBuf,
+}
+
+impl Rig {
+    fn new(docs: &[(&str, &str)]) -> Rig {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("docs");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in docs {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        Rig {
+            redis: ors_testsupport::RedisServer::start(false),
+            tmp,
+            docs: dir,
+        }
+    }
+
+    /// `ors serve` on this rig's redis-server, with `flags` (`--instance a`, ...).
+    fn serve(&self, name: &str, config: &str, flags: &[&str]) -> Server {
+        self.serve_via(&self.redis.url(), name, config, flags)
+    }
+
+    /// The same, reaching the store at `redis_url` (through a proxy, say).
+    fn serve_via(&self, redis_url: &str, name: &str, config: &str, flags: &[&str]) -> Server {
+        let mut args = vec!["--store", "redis", "--redis-url", redis_url];
+        args.extend_from_slice(flags);
+        Server::start(&self.tmp.path().join(name), &self.docs, config, &args)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_redirects_and_takes_over_after_kill_9() {
-    let redis = ors_testsupport::RedisServer::start(false);
-    let url = redis.url();
-    let tmp = tempfile::tempdir().unwrap();
-    let docs = tmp.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
-    let args = |instance: &'static str| {
-        vec![
-            "--store",
-            "redis",
-            "--redis-url",
-            Box::leak(url.clone().into_boxed_str()),
-            "--instance",
-            instance,
-        ]
-    };
-    let mut a = Server::start(&tmp.path().join("a"), &docs, CONFIG, &args("a"));
-    let b = Server::start(&tmp.path().join("b"), &docs, CONFIG, &args("b"));
+    let rig = Rig::new(&[("counter.scxml", COUNTER)]);
+    let mut a = rig.serve("a", CONFIG, &["--instance", "a"]);
+    let b = rig.serve("b", CONFIG, &["--instance", "b"]);
     let c = no_redirects();
 
     // Roles: the first process is the primary, the second its backup.
@@ -143,26 +163,11 @@ async fn a_backup_redirects_and_takes_over_after_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_hands_the_node_over_at_once() {
-    let redis = ors_testsupport::RedisServer::start(false);
-    let url = redis.url();
-    let tmp = tempfile::tempdir().unwrap();
-    let docs = tmp.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
+    let rig = Rig::new(&[("counter.scxml", COUNTER)]);
     // A long lease: only the hand-over can explain a quick takeover.
     let config = "[sessions]\nlease_ttl_ms = 30000\n";
-    let extra = |i: &'static str| -> Vec<&str> {
-        vec![
-            "--store",
-            "redis",
-            "--redis-url",
-            Box::leak(url.clone().into_boxed_str()),
-            "--instance",
-            i,
-        ]
-    };
-    let mut a = Server::start(&tmp.path().join("a"), &docs, config, &extra("a"));
-    let b = Server::start(&tmp.path().join("b"), &docs, config, &extra("b"));
+    let mut a = rig.serve("a", config, &["--instance", "a"]);
+    let b = rig.serve("b", config, &["--instance", "b"]);
     let c = no_redirects();
     let sid = start(&c, &a, "counter.scxml", &[]).await;
     post(&c, &format!("{}/scxml/session/{sid}/event/inc", a.url), &[]).await;
@@ -175,18 +180,9 @@ async fn a_graceful_stop_hands_the_node_over_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_for_another_nodes_session_are_redirected_to_that_node() {
-    let redis = ors_testsupport::RedisServer::start(false);
-    let url = redis.url();
-    let tmp = tempfile::tempdir().unwrap();
-    let docs = tmp.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
-    let extra = |node: &'static str| -> Vec<&str> {
-        let url: &str = Box::leak(url.clone().into_boxed_str());
-        vec!["--store", "redis", "--redis-url", url, "--node-id", node]
-    };
-    let one = Server::start(&tmp.path().join("1"), &docs, CONFIG, &extra("node1"));
-    let two = Server::start(&tmp.path().join("2"), &docs, CONFIG, &extra("node2"));
+    let rig = Rig::new(&[("counter.scxml", COUNTER)]);
+    let one = rig.serve("1", CONFIG, &["--node-id", "node1"]);
+    let two = rig.serve("2", CONFIG, &["--node-id", "node2"]);
     let c = no_redirects();
     let sid = start(&c, &one, "counter.scxml", &[]).await;
     assert!(sid.starts_with("node1-"));
@@ -232,22 +228,12 @@ async fn requests_for_another_nodes_session_are_redirected_to_that_node() {
 /// and nothing it held in memory overwrites what its successor did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_primary_is_replaced_and_never_acknowledges_after_it() {
-    let redis = ors_testsupport::RedisServer::start(false);
-    let url: &str = Box::leak(redis.url().into_boxed_str());
-    let tmp = tempfile::tempdir().unwrap();
-    let docs = tmp.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
-    let extra = |i: &'static str| vec!["--store", "redis", "--redis-url", url, "--instance", i];
-    // Without _sendSessionRecovered: the new primary does not write it on takeover, so
-    // the store's fencing alone would not refuse the old primary's write to it.
-    std::fs::write(
-        docs.join("plain.scxml"),
-        COUNTER.replace(" _sendSessionRecovered=\"true\"", ""),
-    )
-    .unwrap();
-    let a = Server::start(&tmp.path().join("a"), &docs, CONFIG, &extra("a"));
-    let b = Server::start(&tmp.path().join("b"), &docs, CONFIG, &extra("b"));
+    // plain.scxml has no _sendSessionRecovered: the new primary does not write it on
+    // takeover, so the store's fencing alone would not refuse the old primary's write.
+    let plain = COUNTER.replace(" _sendSessionRecovered=\"true\"", "");
+    let rig = Rig::new(&[("counter.scxml", COUNTER), ("plain.scxml", &plain)]);
+    let a = rig.serve("a", CONFIG, &["--instance", "a"]);
+    let b = rig.serve("b", CONFIG, &["--instance", "b"]);
     let c = no_redirects();
     let sid = start(&c, &a, "counter.scxml", &[]).await;
     let quiet = start(&c, &a, "plain.scxml", &[]).await;
@@ -318,18 +304,8 @@ async fn a_paused_primary_is_replaced_and_never_acknowledges_after_it() {
 /// again without a restart, with its sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_rides_out_a_store_outage() {
-    let redis = ors_testsupport::RedisServer::start(false);
-    let url: &str = Box::leak(redis.url().into_boxed_str());
-    let tmp = tempfile::tempdir().unwrap();
-    let docs = tmp.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
-    let a = Server::start(
-        &tmp.path().join("a"),
-        &docs,
-        CONFIG,
-        &["--store", "redis", "--redis-url", url, "--instance", "a"],
-    );
+    let rig = Rig::new(&[("counter.scxml", COUNTER)]);
+    let a = rig.serve("a", CONFIG, &["--instance", "a"]);
     let c = no_redirects();
     let sid = start(&c, &a, "counter.scxml", &[]).await;
     assert_eq!(
@@ -341,7 +317,7 @@ async fn the_node_rides_out_a_store_outage() {
     let paused = std::process::Command::new("redis-cli")
         .args([
             "-p",
-            &redis.port.to_string(),
+            &rig.redis.port.to_string(),
             "client",
             "pause",
             "3000",
@@ -376,16 +352,10 @@ async fn the_node_rides_out_a_store_outage() {
 /// long before the primary's (30 s) lease would expire, and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_is_replaced_before_its_lease_expires() {
-    let redis = ors_testsupport::RedisServer::start(false);
-    let url: &str = Box::leak(redis.url().into_boxed_str());
-    let tmp = tempfile::tempdir().unwrap();
-    let docs = tmp.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
+    let rig = Rig::new(&[("counter.scxml", COUNTER)]);
     let config = "[sessions]\nlease_ttl_ms = 30000\n";
-    let extra = |i: &'static str| vec!["--store", "redis", "--redis-url", url, "--instance", i];
-    let mut a = Server::start(&tmp.path().join("a"), &docs, config, &extra("a"));
-    let b = Server::start(&tmp.path().join("b"), &docs, config, &extra("b"));
+    let mut a = rig.serve("a", config, &["--instance", "a"]);
+    let b = rig.serve("b", config, &["--instance", "b"]);
     let c = no_redirects();
     let sid = start(&c, &a, "counter.scxml", &[]).await;
     for _ in 0..4 {
@@ -431,17 +401,9 @@ const PONGER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="
 /// primary, raises error.communication in the sender.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_of_different_nodes_send_each_other_events() {
-    let redis = ors_testsupport::RedisServer::start(false);
-    let url: &str = Box::leak(redis.url().into_boxed_str());
-    let tmp = tempfile::tempdir().unwrap();
-    let docs = tmp.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("pinger.scxml"), PINGER).unwrap();
-    std::fs::write(docs.join("ponger.scxml"), PONGER).unwrap();
-    let extra =
-        |node: &'static str| vec!["--store", "redis", "--redis-url", url, "--node-id", node];
-    let one = Server::start(&tmp.path().join("1"), &docs, CONFIG, &extra("node1"));
-    let two = Server::start(&tmp.path().join("2"), &docs, CONFIG, &extra("node2"));
+    let rig = Rig::new(&[("pinger.scxml", PINGER), ("ponger.scxml", PONGER)]);
+    let one = rig.serve("1", CONFIG, &["--node-id", "node1"]);
+    let two = rig.serve("2", CONFIG, &["--node-id", "node2"]);
     let c = no_redirects();
     let ponger = start(&c, &two, "ponger.scxml", &[]).await;
     let pinger = start(&c, &one, "pinger.scxml", &[("peer", &ponger)]).await;
@@ -519,33 +481,11 @@ impl Drop for Proxy {
 /// process tried is applied, and when the link comes back it stays a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_cut_from_the_store_steps_down_and_its_backup_takes_over() {
-    let redis = ors_testsupport::RedisServer::start(false);
-    let direct: &str = Box::leak(redis.url().into_boxed_str());
-    let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await;
-    let through: &str = Box::leak(format!("redis://127.0.0.1:{}", proxy.port).into_boxed_str());
-    let tmp = tempfile::tempdir().unwrap();
-    let docs = tmp.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
-    let a = Server::start(
-        &tmp.path().join("a"),
-        &docs,
-        CONFIG,
-        &[
-            "--store",
-            "redis",
-            "--redis-url",
-            through,
-            "--instance",
-            "a",
-        ],
-    );
-    let b = Server::start(
-        &tmp.path().join("b"),
-        &docs,
-        CONFIG,
-        &["--store", "redis", "--redis-url", direct, "--instance", "b"],
-    );
+    let rig = Rig::new(&[("counter.scxml", COUNTER)]);
+    let proxy = Proxy::start(format!("127.0.0.1:{}", rig.redis.port)).await;
+    let through = format!("redis://127.0.0.1:{}", proxy.port);
+    let a = rig.serve_via(&through, "a", CONFIG, &["--instance", "a"]);
+    let b = rig.serve("b", CONFIG, &["--instance", "b"]);
     let c = no_redirects();
     let sid = start(&c, &a, "counter.scxml", &[]).await;
     for _ in 0..3 {

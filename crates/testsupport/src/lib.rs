@@ -204,3 +204,24 @@ impl Drop for HaProxy {
         let _ = self.child.wait();
     }
 }
+
+/// The URL an `ors serve` child process prints when it listens (`ors listening on URL`;
+/// start it with a piped stdout). Its stdout keeps being drained afterwards, so the
+/// process never blocks on a full pipe. Panics if no address comes within 30 s.
+pub fn ors_listening_url(child: &mut Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let stdout = child
+        .stdout
+        .take()
+        .expect("ors serve started with a piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("ors listening on ") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("ors serve prints the address it listens on")
+}

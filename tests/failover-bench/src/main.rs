@@ -9,7 +9,6 @@
 //! often than sent (applied twice), timers fired more often than armed. Prints one JSON
 //! line and a summary. The clients run on the same machine as the servers.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,15 +51,7 @@ impl Proc {
             .stdout(Stdio::piped())
             .spawn()
             .expect("the ors binary runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        self.url = line
-            .trim()
-            .strip_prefix("ors listening on ")
-            .expect("address line")
-            .to_string();
+        self.url = ors_testsupport::ors_listening_url(&mut child);
         self.child = Some(child);
     }
 

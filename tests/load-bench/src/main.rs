@@ -6,7 +6,6 @@
 //! latency; then the server's resident memory with `--idle` idle sessions. The clients
 //! run on the same 2-core machine as the server, so they take CPU from it.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -47,15 +46,7 @@ fn start_server(bin: &str, data: &Path, docs: &Path, extra: &[&str]) -> Server {
         .stdout(Stdio::piped())
         .spawn()
         .expect("the ors binary runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("ors listening on ")
-        .expect("address line")
-        .to_string();
+    let url = ors_testsupport::ors_listening_url(&mut child);
     Server { child, url }
 }
 

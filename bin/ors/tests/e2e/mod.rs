@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,18 +54,7 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(u) = line.strip_prefix("ors listening on ") {
-                    let _ = tx.send(u.to_string());
-                }
-            }
-        });
-        self.url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server prints its address");
+        self.url = ors_testsupport::ors_listening_url(&mut child);
         self.child = Some(child);
     }
 
