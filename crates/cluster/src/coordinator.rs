@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ors_store::{Lease, StoreError};
+use ors_store::{Fence, Lease, StoreError, node_lease};
 
 /// Who this process is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl Identity {
 
     /// The name of the node's lease in the store.
     pub fn lease_name(&self) -> String {
-        format!("node:{}", self.node)
+        node_lease(&self.node)
     }
 }
 
@@ -362,6 +362,19 @@ impl Coordinator {
             self.seize = Some(l.clone());
             self.read_next = false;
             self.next_ms = now_ms;
+        }
+    }
+
+    /// The store refused a session write carrying `token` because the node's lease has
+    /// been taken with a newer one: this process is deposed, whatever its clock says, and
+    /// steps down at once (without waiting for its next renewal to fail). Ignored if this
+    /// process already holds a newer lease.
+    pub fn fenced(&mut self, token: Fence, now_ms: u64) {
+        if self.lease().is_some_and(|l| l.token <= token) {
+            self.step_down(
+                now_ms,
+                "a session write was fenced: another process holds the lease",
+            );
         }
     }
 

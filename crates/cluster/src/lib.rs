@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ors_store::{SessionStore, StoreError};
+use ors_store::{Fence, SessionStore, StoreError};
 use tokio::sync::{Notify, mpsc};
 
 pub use coordinator::{Change, Coordinator, Identity, Primary, Request, Role, Timing};
@@ -66,6 +66,7 @@ impl Cluster {
                 store,
                 roles,
                 stop: Arc::new(Notify::new()),
+                poke: Arc::new(Notify::new()),
                 clock,
             },
             task: Mutex::new(None),
@@ -123,6 +124,15 @@ impl Cluster {
         lock(&self.driver.coordinator).primary().cloned()
     }
 
+    /// The store refused a session write carrying `token` because the node's lease has a
+    /// newer token: step down at once (see [`Coordinator::fenced`]).
+    pub fn fenced(&self, token: Fence) {
+        let d = &self.driver;
+        lock(&d.coordinator).fenced(token, d.clock.now_ms());
+        // The driver task delivers the change, so role changes reach `Roles` in order.
+        d.poke.notify_one();
+    }
+
     /// Graceful shutdown: stops the task, steps down and releases the lease at once so a
     /// backup takes over without waiting for it to expire.
     pub async fn resign(&self) {
@@ -156,6 +166,8 @@ struct Driver {
     store: Arc<dyn SessionStore>,
     roles: Arc<dyn Roles>,
     stop: Arc<Notify>,
+    /// Wakes the task to act on a change made from outside it.
+    poke: Arc<Notify>,
     clock: Clock,
 }
 
@@ -189,6 +201,7 @@ impl Driver {
             let wait = Duration::from_millis(wake.saturating_sub(self.clock.now_ms()).max(1));
             tokio::select! {
                 _ = self.stop.notified() => break,
+                _ = self.poke.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 Some(url) = dead_rx.recv() => {
                     tracing::warn!(primary = %url, "the primary's process is gone; taking over its lease");

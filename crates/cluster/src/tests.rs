@@ -62,6 +62,29 @@ fn a_backup_takes_a_free_lease_and_renews_it() {
 }
 
 #[test]
+fn a_fenced_write_deposes_the_primary_at_once_but_not_a_newer_one() {
+    let mut c = Coordinator::new(id("a"), timing(), 0);
+    c.poll(0);
+    c.on_acquire(Ok(Some(lease("a|http://a|http://lb", 4))), 0, 0);
+    changes(&mut c);
+    // A write of an older lease's batch, refused after this process took a newer one.
+    c.fenced(3, 10);
+    assert_eq!(c.role(), Role::Primary);
+    assert!(c.holds_lease(10));
+    // Its own token refused: another process holds the lease, whatever the clock says.
+    c.fenced(4, 20);
+    assert_eq!(c.role(), Role::Backup);
+    assert!(!c.holds_lease(20));
+    assert!(matches!(
+        changes(&mut c).first(),
+        Some(Change::SteppedDown {
+            resigned: false,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn a_primary_that_cannot_renew_in_time_steps_down() {
     let mut c = Coordinator::new(id("a"), timing(), 0);
     c.poll(0);
@@ -278,6 +301,7 @@ async fn a_seized_lease_fences_out_its_old_holder() {
         store: store.clone(),
         roles: seen.clone(),
         stop: Arc::new(Notify::new()),
+        poke: Arc::new(Notify::new()),
         clock: Clock(Instant::now()),
     };
     assert!(driver.step().await);

@@ -186,6 +186,13 @@ impl Shared {
         self.is_primary() && self.cluster.get().is_none_or(|c| c.holds_lease())
     }
 
+    /// The store fenced a write carrying `token`: another process holds the node's lease.
+    fn deposed(&self, token: u64) {
+        if let Some(c) = self.cluster.get() {
+            c.fenced(token);
+        }
+    }
+
     /// `Ok` when this process serves its node's sessions (it is the primary).
     fn serving(&self) -> Result<(), RuntimeError> {
         if self.holds_lease() {
@@ -209,7 +216,7 @@ impl Shared {
     }
 
     async fn node_url(&self, node: &str) -> Result<Option<String>, RuntimeError> {
-        let lease = self.store.read_lease(&format!("node:{node}")).await?;
+        let lease = self.store.read_lease(&ors_store::node_lease(node)).await?;
         Ok(lease
             .map(|l| Primary::from_holder(&l.holder).node_url().to_string())
             .filter(|u| !u.is_empty()))

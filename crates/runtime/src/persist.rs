@@ -238,6 +238,15 @@ mod tests {
         async fn read_lease(&self, n: &str) -> Result<Option<Lease>> {
             self.inner.read_lease(n).await
         }
+        async fn announce(&self, m: &ors_store::Member, ttl: u64) -> Result<()> {
+            self.inner.announce(m, ttl).await
+        }
+        async fn members(&self) -> Result<Vec<ors_store::Member>> {
+            self.inner.members().await
+        }
+        async fn withdraw(&self, node: &str, instance: &str) -> Result<()> {
+            self.inner.withdraw(node, instance).await
+        }
     }
 
     fn entry(id: &str, session: &str) -> ScheduleEntry {

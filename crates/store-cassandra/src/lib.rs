@@ -22,8 +22,8 @@ use cdrs_tokio::types::blob::Blob;
 use cdrs_tokio::types::rows::Row;
 use cdrs_tokio::types::value::Value;
 use ors_store::{
-    Fence, Lease, Result, ScheduleEntry, ScheduleKind, SessionRecord, SessionStore, SessionWrite,
-    StoreError, now_ms,
+    Fence, Lease, Member, Result, ScheduleEntry, ScheduleKind, SessionRecord, SessionStore,
+    SessionWrite, StoreError, node_lease, now_ms,
 };
 
 pub use schema::{CassandraConfig, Statements};
@@ -184,6 +184,27 @@ impl CassandraStore {
         Ok(Some((entry, claimed, until.max(0) as u64)))
     }
 
+    /// Refuses `fence` if it is older than the newest token of `node`'s lease. Cassandra
+    /// cannot make this read and a session's conditional write (another partition) one
+    /// atomic step: the check is one round trip short of atomic (see the crate docs).
+    async fn check_node_fence(&self, node: &str, fence: Fence) -> Result<()> {
+        let rows = self
+            .run(&self.st.read_lease, vec![v(node_lease(node).as_str())])
+            .await?;
+        let token = rows
+            .first()
+            .and_then(|r| col::<i64>(r, "token"))
+            .unwrap_or(0);
+        if (fence as i64) < token {
+            return Err(StoreError::StaleFence {
+                key: format!("node {node}"),
+                given: fence,
+                current: token as u64,
+            });
+        }
+        Ok(())
+    }
+
     fn session_conflict(
         &self,
         id: &str,
@@ -226,6 +247,7 @@ impl SessionStore for CassandraStore {
     }
 
     async fn write_session(&self, w: SessionWrite<'_>) -> Result<u64> {
+        self.check_node_fence(w.node, w.fence).await?;
         // Index first; reads filter entries whose session lives elsewhere.
         self.run(&self.st.index_session, vec![v(w.node), v(w.id)])
             .await?;
@@ -303,6 +325,7 @@ impl SessionStore for CassandraStore {
         let Some(cur) = self.read_session(id).await? else {
             return Ok(());
         };
+        self.check_node_fence(&cur.node, fence).await?;
         if let Some(row) = self
             .lwt(&self.st.delete_session, vec![v(id), v(fence as i64)])
             .await?
@@ -345,6 +368,7 @@ impl SessionStore for CassandraStore {
             .read_session(id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
+        self.check_node_fence(to_node, fence).await?;
         if fence < cur.fence {
             return Err(StoreError::stale_fence(id, fence, cur.fence));
         }
@@ -582,5 +606,50 @@ impl SessionStore for CassandraStore {
             token: col::<i64>(r, "token").unwrap_or(0) as u64,
             expires_at_ms: expires as u64,
         }))
+    }
+
+    async fn announce(&self, member: &Member, ttl_ms: u64) -> Result<()> {
+        // Cassandra has no server clock to read: the entry's times are this client's.
+        let now = now_ms();
+        let m = Member {
+            heartbeat_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            ..member.clone()
+        };
+        let key = ors_store::record::member_key(&m.node, &m.instance);
+        let ttl_s = ttl_ms.div_ceil(1000).max(1) as i32;
+        self.run(
+            &self.st.announce,
+            vec![
+                v(key.as_str()),
+                blob(&ors_store::record::encode_member(&m)),
+                v(ttl_s),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn members(&self) -> Result<Vec<Member>> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for r in self.run(&self.st.members, vec![]).await? {
+            let key: String = col(&r, "member").unwrap_or_default();
+            let body = col::<Blob>(&r, "body")
+                .map(Blob::into_vec)
+                .unwrap_or_default();
+            let m = ors_store::record::decode_member(&key, &body)?;
+            if m.expires_at_ms > now {
+                out.push(m);
+            }
+        }
+        out.sort_by(|a, b| (&a.node, &a.instance).cmp(&(&b.node, &b.instance)));
+        Ok(out)
+    }
+
+    async fn withdraw(&self, node: &str, instance: &str) -> Result<()> {
+        let key = ors_store::record::member_key(node, instance);
+        self.run(&self.st.withdraw, vec![v(key.as_str())]).await?;
+        Ok(())
     }
 }

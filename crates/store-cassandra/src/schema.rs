@@ -158,6 +158,12 @@ pub struct Statements {
     pub node_sessions: String,
     /// The CQL behind `put_schedule`.
     pub put_schedule: String,
+    /// The CQL behind `announce` (the TTL in seconds is bound).
+    pub announce: String,
+    /// The CQL behind `members`.
+    pub members: String,
+    /// The CQL behind `withdraw`.
+    pub withdraw: String,
     /// The CQL behind `index_due`.
     pub index_due: String,
     /// The CQL behind `unindex_due`.
@@ -228,6 +234,11 @@ impl Statements {
                     "CREATE TABLE IF NOT EXISTS {ks}.leases (name text PRIMARY KEY, holder text, token bigint, \
                      expires bigint)"
                 ),
+                // One partition: the membership is small and read whole.
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.members (cluster int, member text, body blob, \
+                     PRIMARY KEY (cluster, member))"
+                ),
             ],
             put_document: format!(
                 "INSERT INTO {ks}.documents (hash, body) VALUES (?, ?) IF NOT EXISTS"
@@ -293,6 +304,11 @@ impl Statements {
                 "UPDATE {ks}.leases SET expires = 0 WHERE name = ? IF token = ?"
             ),
             read_lease: format!("SELECT holder, token, expires FROM {ks}.leases WHERE name = ?"),
+            announce: format!(
+                "INSERT INTO {ks}.members (cluster, member, body) VALUES (0, ?, ?) USING TTL ?"
+            ),
+            members: format!("SELECT member, body FROM {ks}.members WHERE cluster = 0"),
+            withdraw: format!("DELETE FROM {ks}.members WHERE cluster = 0 AND member = ?"),
         })
     }
 }
@@ -359,7 +375,7 @@ mod tests {
             "CREATE KEYSPACE IF NOT EXISTS ors_test WITH replication = \
              {'class': 'NetworkTopologyStrategy', 'DC1': 2, 'DC2': 3}"
         );
-        assert_eq!(s.create.len(), 8);
+        assert_eq!(s.create.len(), 9);
         assert!(
             s.create
                 .iter()
@@ -382,6 +398,7 @@ mod tests {
             (&s.take_lease, 6),
             (&s.renew_lease, 5),
             (&s.due, 3),
+            (&s.announce, 3),
         ] {
             assert_eq!(stmt.matches('?').count(), n, "{stmt}");
         }

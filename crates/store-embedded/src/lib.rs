@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ors_store::record::{self, StoredSchedule, check_write};
+use ors_store::record::{self, StoredSchedule, check_fence, check_write};
 use ors_store::{
-    Fence, Lease, Result, ScheduleEntry, SessionRecord, SessionStore, SessionWrite, StoreError,
-    now_ms,
+    Fence, Lease, Member, Result, ScheduleEntry, SessionRecord, SessionStore, SessionWrite,
+    StoreError, node_lease, now_ms,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -20,6 +20,7 @@ const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("schedules_by
 const BY_SESSION: TableDefinition<(&str, &str), ()> = TableDefinition::new("schedules_by_session");
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 const LEASE_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("lease_tokens");
+const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 
 /// A [`SessionStore`] in one redb file: crash-safe (one fsync per call), for one process at a time.
 #[derive(Clone)]
@@ -60,6 +61,7 @@ impl EmbeddedStore {
             txn.open_table(BY_SESSION).map_err(other)?;
             txn.open_table(LEASES).map_err(other)?;
             txn.open_table(LEASE_TOKENS).map_err(other)?;
+            txn.open_table(MEMBERS).map_err(other)?;
         }
         txn.commit().map_err(other)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -140,7 +142,15 @@ impl From<&SessionWrite<'_>> for OwnedWrite {
     }
 }
 
+/// The newest token issued for `node`'s lease (0 if none was).
+fn node_fence(txn: &redb::WriteTransaction, node: &str) -> Result<Fence> {
+    let t = txn.open_table(LEASE_TOKENS).map_err(other)?;
+    let token = t.get(node_lease(node).as_str()).map_err(other)?;
+    Ok(token.map_or(0, |v| v.value()))
+}
+
 fn apply_write(txn: &redb::WriteTransaction, w: &OwnedWrite) -> Result<u64> {
+    let node_fence = node_fence(txn, &w.node)?;
     let mut t = txn.open_table(SESSIONS).map_err(other)?;
     let cur = session_meta(&t, &w.id)?;
     let sw = SessionWrite {
@@ -151,7 +161,7 @@ fn apply_write(txn: &redb::WriteTransaction, w: &OwnedWrite) -> Result<u64> {
         expected_version: w.expected,
         fence: w.fence,
     };
-    check_write(cur.as_ref().map(|r| (r.version, r.fence)), &sw)?;
+    check_write(cur.as_ref().map(|r| (r.version, r.fence)), node_fence, &sw)?;
     let version = cur.as_ref().map_or(1, |r| r.version + 1);
     let rec = SessionRecord {
         id: w.id.clone(),
@@ -262,9 +272,13 @@ impl SessionStore for EmbeddedStore {
             let Some(cur) = session_meta(&t, &id)? else {
                 return Ok(());
             };
-            if fence < cur.fence {
-                return Err(StoreError::stale_fence(&id, fence, cur.fence));
-            }
+            check_fence(
+                &id,
+                &cur.node,
+                fence,
+                node_fence(txn, &cur.node)?,
+                Some(cur.fence),
+            )?;
             t.remove(id.as_str()).map_err(other)?;
             drop(t);
             txn.open_table(BY_NODE)
@@ -316,9 +330,7 @@ impl SessionStore for EmbeddedStore {
             let mut t = txn.open_table(SESSIONS).map_err(other)?;
             let mut rec = session_meta(&t, &id)?
                 .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
-            if fence < rec.fence {
-                return Err(StoreError::stale_fence(&id, fence, rec.fence));
-            }
+            check_fence(&id, &to, fence, node_fence(txn, &to)?, Some(rec.fence))?;
             let old = std::mem::replace(&mut rec.node, to.clone());
             rec.fence = fence;
             rec.version += 1;
@@ -527,6 +539,53 @@ impl SessionStore for EmbeddedStore {
                     Ok((l.expires_at_ms > now_ms()).then_some(l))
                 }
             }
+        })
+        .await
+    }
+
+    async fn announce(&self, member: &Member, ttl_ms: u64) -> Result<()> {
+        let now = now_ms();
+        let m = Member {
+            heartbeat_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            ..member.clone()
+        };
+        self.write(move |txn| {
+            let key = record::member_key(&m.node, &m.instance);
+            txn.open_table(MEMBERS)
+                .map_err(other)?
+                .insert(key.as_str(), record::encode_member(&m).as_slice())
+                .map_err(other)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn members(&self) -> Result<Vec<Member>> {
+        self.read(move |txn| {
+            let t = txn.open_table(MEMBERS).map_err(other)?;
+            let now = now_ms();
+            let mut out = Vec::new();
+            for r in t.iter().map_err(other)? {
+                let (k, v) = r.map_err(other)?;
+                let m = record::decode_member(k.value(), v.value())?;
+                if m.expires_at_ms > now {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn withdraw(&self, node: &str, instance: &str) -> Result<()> {
+        let key = record::member_key(node, instance);
+        self.write(move |txn| {
+            txn.open_table(MEMBERS)
+                .map_err(other)?
+                .remove(key.as_str())
+                .map_err(other)?;
+            Ok(())
         })
         .await
     }

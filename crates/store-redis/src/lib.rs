@@ -11,8 +11,8 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::config::{ClusterDiscoveryPolicy, ServerConfig};
 use ors_store::{
-    Fence, Lease, Result, ScheduleEntry, ScheduleKind, SessionRecord, SessionStore, SessionWrite,
-    StoreError,
+    Fence, Lease, Member, Result, ScheduleEntry, ScheduleKind, SessionRecord, SessionStore,
+    SessionWrite, StoreError, node_lease,
 };
 
 /// Connection settings. Mirrors ORS's `persistence` options (`redis-nodes`, `username`,
@@ -69,12 +69,17 @@ impl Default for RedisConfig {
 ///   filtered against it when read, so a crash leaves at most a stale entry, never a
 ///   missing one
 /// - `P:sch:{id}` — hash of a schedule entry and its claim; `P:due` — sorted set by due time
+/// - `P:members` — hash `<node>/<instance>` → `<heartbeat>|<expiry>|<entry>` (server clock)
 /// - `P:lease:{name}` — hash `holder`, `token`, `expires` with a PX TTL;
 ///   `P:lease:{name}:token` — the fencing token counter (never deleted)
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
     prefix: String,
+    /// Talking to a Redis Cluster: a session's key and its node's token counter live in
+    /// different slots, so scripts get the counter's value read just before instead of
+    /// its key (the node-wide fence check is then one round trip short of atomic).
+    clustered: bool,
 }
 
 fn unavailable(e: Error) -> StoreError {
@@ -103,7 +108,8 @@ impl RedisStore {
             .ok_or_else(|| StoreError::Invalid("no Redis URL configured".into()))?;
         let mut config =
             Config::from_url(first).map_err(|e| StoreError::Invalid(format!("{first}: {e}")))?;
-        if cfg.cluster || cfg.urls.len() > 1 {
+        let clustered = cfg.cluster || cfg.urls.len() > 1;
+        if clustered {
             let mut hosts = Vec::new();
             for u in &cfg.urls {
                 let c =
@@ -157,6 +163,7 @@ impl RedisStore {
         Ok(RedisStore {
             pool,
             prefix: cfg.key_prefix.clone(),
+            clustered,
         })
     }
 
@@ -185,6 +192,9 @@ impl RedisStore {
     fn k_sch(&self, id: &str) -> String {
         format!("{}:sch:{{{id}}}", self.prefix)
     }
+    fn k_members(&self) -> String {
+        format!("{}:members", self.prefix)
+    }
     fn k_due(&self) -> String {
         format!("{}:due", self.prefix)
     }
@@ -193,6 +203,18 @@ impl RedisStore {
     }
     fn k_lease_token(&self, name: &str) -> String {
         format!("{}:lease:{{{name}}}:token", self.prefix)
+    }
+
+    /// What a script needs to check `node`'s fence: on a standalone server the key of
+    /// the node lease's token counter (read inside the script, atomically with the
+    /// write); on a cluster its value, read now.
+    async fn node_fence_check(&self, node: &str) -> Result<(Vec<String>, Value)> {
+        let key = self.k_lease_token(&node_lease(node));
+        if !self.clustered {
+            return Ok((vec![key], str_arg("")));
+        }
+        let token: Option<i64> = self.pool.next().get(&key).await.map_err(map_err(&key))?;
+        Ok((Vec::new(), Value::from(token.unwrap_or(0))))
     }
 
     async fn eval(
@@ -299,9 +321,20 @@ fn str_arg(s: &str) -> Value {
     Value::from(s)
 }
 
-fn session_error(id: &str, reply: &[Value], expected: Option<u64>, fence: Fence) -> StoreError {
+fn session_error(
+    id: &str,
+    node: &str,
+    reply: &[Value],
+    expected: Option<u64>,
+    fence: Fence,
+) -> StoreError {
     let key = format!("session {id}");
     match text(reply.first()).as_deref() {
+        Some("fenced") => StoreError::StaleFence {
+            key: format!("node {node}"),
+            given: fence,
+            current: num(reply.get(1)).unwrap_or(0),
+        },
         Some("stale") => StoreError::StaleFence {
             key,
             given: fence,
@@ -356,23 +389,33 @@ impl SessionStore for RedisStore {
             .expected_version
             .map(|v| v.to_string())
             .unwrap_or_default();
+        let (fence_key, node_fence) = self.node_fence_check(w.node).await?;
+        let mut keys = vec![self.k_sess(w.id)];
+        keys.extend(fence_key);
         let reply = list(
             self.eval(
                 scripts::WRITE_SESSION,
-                vec![self.k_sess(w.id)],
+                keys,
                 vec![
                     str_arg(&expected),
                     Value::from(w.fence as i64),
                     str_arg(w.node),
                     str_arg(w.document),
                     Value::Bytes(Bytes::copy_from_slice(w.snapshot)),
+                    node_fence,
                 ],
                 &format!("session {}", w.id),
             )
             .await?,
         );
         if text(reply.first()).as_deref() != Some("ok") {
-            return Err(session_error(w.id, &reply, w.expected_version, w.fence));
+            return Err(session_error(
+                w.id,
+                w.node,
+                &reply,
+                w.expected_version,
+                w.fence,
+            ));
         }
         let version =
             num(reply.get(1)).ok_or_else(|| StoreError::Other("no version in reply".into()))?;
@@ -413,20 +456,35 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete_session(&self, id: &str, fence: Fence) -> Result<()> {
-        let reply = list(
-            self.eval(
-                scripts::DELETE_SESSION,
-                vec![self.k_sess(id), self.k_sess_sched(id)],
-                vec![Value::from(fence as i64)],
-                &format!("session {id}"),
-            )
-            .await?,
-        );
-        match text(reply.first()).as_deref() {
-            Some("ok") => {}
-            Some("missing") => return Ok(()),
-            _ => return Err(session_error(id, &reply, None, fence)),
-        }
+        // The script must be given the owning node's fence, so it learns the node first
+        // and refuses (`moved`) if the session changed node meanwhile.
+        let reply = loop {
+            let owner: Option<String> = self
+                .pool
+                .next()
+                .hget(self.k_sess(id), "node")
+                .await
+                .map_err(map_err(&format!("session {id}")))?;
+            let Some(owner) = owner else { return Ok(()) };
+            let (fence_key, node_fence) = self.node_fence_check(&owner).await?;
+            let mut keys = vec![self.k_sess(id), self.k_sess_sched(id)];
+            keys.extend(fence_key);
+            let reply = list(
+                self.eval(
+                    scripts::DELETE_SESSION,
+                    keys,
+                    vec![Value::from(fence as i64), str_arg(&owner), node_fence],
+                    &format!("session {id}"),
+                )
+                .await?,
+            );
+            match text(reply.first()).as_deref() {
+                Some("ok") => break reply,
+                Some("missing") => return Ok(()),
+                Some("moved") => continue,
+                _ => return Err(session_error(id, &owner, &reply, None, fence)),
+            }
+        };
         let node = text(reply.get(1)).unwrap_or_default();
         let nk = self.k_node(&node);
         self.pool
@@ -482,17 +540,20 @@ impl SessionStore for RedisStore {
             .sadd::<i64, _, _>(&nk, id)
             .await
             .map_err(map_err(&nk))?;
+        let (fence_key, node_fence) = self.node_fence_check(to_node).await?;
+        let mut keys = vec![self.k_sess(id)];
+        keys.extend(fence_key);
         let reply = list(
             self.eval(
                 scripts::MOVE_SESSION,
-                vec![self.k_sess(id)],
-                vec![str_arg(to_node), Value::from(fence as i64)],
+                keys,
+                vec![str_arg(to_node), Value::from(fence as i64), node_fence],
                 &format!("session {id}"),
             )
             .await?,
         );
         if text(reply.first()).as_deref() != Some("ok") {
-            return Err(session_error(id, &reply, None, fence));
+            return Err(session_error(id, to_node, &reply, None, fence));
         }
         if let Some(old) = text(reply.get(1)).filter(|o| o != to_node) {
             let ok = self.k_node(&old);
@@ -716,5 +777,67 @@ impl SessionStore for RedisStore {
             token: num(h.get("token")).ok_or_else(|| corrupt("no token"))?,
             expires_at_ms: num(h.get("expires")).ok_or_else(|| corrupt("no expiry"))?,
         }))
+    }
+
+    async fn announce(&self, member: &Member, ttl_ms: u64) -> Result<()> {
+        let key = ors_store::record::member_key(&member.node, &member.instance);
+        self.eval(
+            scripts::ANNOUNCE,
+            vec![self.k_members()],
+            vec![
+                str_arg(&key),
+                Value::from(ttl_ms as i64),
+                Value::Bytes(Bytes::from(ors_store::record::encode_member(member))),
+            ],
+            &format!("member {key}"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn members(&self) -> Result<Vec<Member>> {
+        let k = self.k_members();
+        let reply = list(
+            self.eval(scripts::MEMBERS, vec![k.clone()], vec![], &k)
+                .await?,
+        );
+        let mut out = Vec::new();
+        for pair in reply.chunks(2) {
+            let key = text(pair.first()).unwrap_or_default();
+            let value = bytes_of(pair.get(1)).unwrap_or_default();
+            let corrupt = || StoreError::Corrupt {
+                key: format!("member {key}"),
+                detail: "no heartbeat or expiry".into(),
+            };
+            let mut parts = value.splitn(3, |b| *b == b'|');
+            let mut time = || {
+                parts
+                    .next()
+                    .and_then(|p| std::str::from_utf8(p).ok()?.parse::<u64>().ok())
+            };
+            let (heartbeat_ms, expires_at_ms) = (time(), time());
+            let (Some(heartbeat_ms), Some(expires_at_ms), Some(entry)) =
+                (heartbeat_ms, expires_at_ms, parts.next())
+            else {
+                return Err(corrupt());
+            };
+            out.push(Member {
+                heartbeat_ms,
+                expires_at_ms,
+                ..ors_store::record::decode_member(&key, entry)?
+            });
+        }
+        out.sort_by(|a, b| (&a.node, &a.instance).cmp(&(&b.node, &b.instance)));
+        Ok(out)
+    }
+
+    async fn withdraw(&self, node: &str, instance: &str) -> Result<()> {
+        let k = self.k_members();
+        self.pool
+            .next()
+            .hdel::<i64, _, _>(&k, ors_store::record::member_key(node, instance))
+            .await
+            .map_err(map_err(&k))?;
+        Ok(())
     }
 }

@@ -1,10 +1,31 @@
 //! Lua scripts: each runs atomically on the one slot its keys share.
 
-/// KEYS[1] session hash. ARGV: expected version ('' = create), fence, node, document,
-/// snapshot. Reply: {'ok', version, old node} | {'stale', fence} | {'conflict', version}.
-pub const WRITE_SESSION: &str = r#"
-local cur = redis.call('HMGET', KEYS[1], 'ver', 'fence', 'node')
+/// A Lua helper: the newest token of the node's lease, read from `KEYS[key]` when the
+/// script was given that key (a standalone server: the check is atomic with the write),
+/// else taken from `ARGV[arg]` (Redis Cluster, where the counter lives in another slot:
+/// the caller read it just before).
+macro_rules! node_fence_lua {
+    () => {
+        r#"
+local function node_fence(key, arg)
+  if KEYS[key] then return tonumber(redis.call('GET', KEYS[key]) or '0') or 0 end
+  return tonumber(ARGV[arg] or '0') or 0
+end
+"#
+    };
+}
+
+/// KEYS[1] session hash, KEYS[2] (standalone) the node lease's token counter. ARGV:
+/// expected version ('' = create), fence, node, document, snapshot, node fence (cluster).
+/// Reply: {'ok', version, old node} | {'fenced', node fence} | {'stale', fence} |
+/// {'conflict', version}.
+pub const WRITE_SESSION: &str = concat!(
+    node_fence_lua!(),
+    r#"
 local fence = tonumber(ARGV[2])
+local nf = node_fence(2, 6)
+if fence < nf then return {'fenced', tostring(nf)} end
+local cur = redis.call('HMGET', KEYS[1], 'ver', 'fence', 'node')
 local ver = 0
 if cur[1] then
   ver = tonumber(cur[1])
@@ -18,34 +39,51 @@ end
 ver = ver + 1
 redis.call('HSET', KEYS[1], 'node', ARGV[3], 'doc', ARGV[4], 'ver', ver, 'fence', fence, 'snap', ARGV[5])
 return {'ok', tostring(ver), cur[3] or ''}
-"#;
+"#
+);
 
-/// KEYS[1] session hash, KEYS[2] its schedule set. ARGV: fence.
-/// Reply: {'ok', node, schedule ids...} | {'missing'} | {'stale', fence}.
-pub const DELETE_SESSION: &str = r#"
+/// KEYS[1] session hash, KEYS[2] its schedule set, KEYS[3] (standalone) the token
+/// counter of the lease of the node the caller believes owns it. ARGV: fence, that node,
+/// its node fence (cluster).
+/// Reply: {'ok', node, schedule ids...} | {'missing'} | {'fenced', node fence} |
+/// {'stale', fence} | {'moved', node} (the session belongs to another node than the
+/// caller named: it must read it again).
+pub const DELETE_SESSION: &str = concat!(
+    node_fence_lua!(),
+    r#"
 local cur = redis.call('HMGET', KEYS[1], 'fence', 'node')
 if not cur[1] then return {'missing'} end
 local f = tonumber(cur[1])
 if not f then return {'corrupt'} end
+if cur[2] ~= ARGV[2] then return {'moved', cur[2] or ''} end
+local nf = node_fence(3, 3)
+if tonumber(ARGV[1]) < nf then return {'fenced', tostring(nf)} end
 if tonumber(ARGV[1]) < f then return {'stale', tostring(f)} end
 local out = {'ok', cur[2] or ''}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do table.insert(out, id) end
 redis.call('DEL', KEYS[1], KEYS[2])
 return out
-"#;
+"#
+);
 
-/// KEYS[1] session hash. ARGV: new node, fence. Reply: {'ok', old node} | {'notfound'} |
-/// {'stale', fence}.
-pub const MOVE_SESSION: &str = r#"
+/// KEYS[1] session hash, KEYS[2] (standalone) the new node lease's token counter. ARGV:
+/// new node, fence, node fence (cluster). Reply: {'ok', old node} | {'notfound'} |
+/// {'fenced', node fence} | {'stale', fence}.
+pub const MOVE_SESSION: &str = concat!(
+    node_fence_lua!(),
+    r#"
+local fence = tonumber(ARGV[2])
 local cur = redis.call('HMGET', KEYS[1], 'ver', 'fence', 'node')
 if not cur[1] then return {'notfound'} end
 local ver, f = tonumber(cur[1]), tonumber(cur[2])
 if not ver or not f then return {'corrupt'} end
-local fence = tonumber(ARGV[2])
+local nf = node_fence(2, 3)
+if fence < nf then return {'fenced', tostring(nf)} end
 if fence < f then return {'stale', tostring(f)} end
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'fence', fence, 'ver', ver + 1)
 return {'ok', cur[3] or ''}
-"#;
+"#
+);
 
 /// KEYS[1] schedule hash. ARGV: due, session, kind, payload. Replaces the entry and its
 /// claim.
@@ -108,3 +146,36 @@ pub const RELEASE_LEASE: &str = r#"
 if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
+
+/// KEYS[1] membership hash. ARGV: field, ttl ms, entry. Stores
+/// `<heartbeat ms>|<expiry ms>|<entry>` by the server's clock.
+pub const ANNOUNCE: &str = concat!(
+    now_ms_lua!(),
+    r#"
+local now = now_ms()
+local v = string.format('%.0f|%.0f|', now, now + tonumber(ARGV[2])) .. ARGV[3]
+redis.call('HSET', KEYS[1], ARGV[1], v)
+return 1
+"#
+);
+
+/// KEYS[1] membership hash. Removes expired entries; replies with the others as
+/// {field, value, ...} (an entry whose expiry cannot be read is returned, to be reported).
+pub const MEMBERS: &str = concat!(
+    now_ms_lua!(),
+    r#"
+local now = now_ms()
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local exp = tonumber(string.match(all[i + 1], '^%d+|(%d+)|'))
+  if exp and exp <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    table.insert(out, all[i])
+    table.insert(out, all[i + 1])
+  end
+end
+return out
+"#
+);

@@ -13,10 +13,18 @@ use serde::{Deserialize, Serialize};
 pub use clock::now_ms;
 pub use memory::MemoryStore;
 
-/// A fencing token. Tokens come from [`SessionStore::acquire_lease`] and only grow; a
-/// write carrying a token lower than the one that last wrote the same record is refused,
-/// so a node that lost its lease can never overwrite its successor's work.
+/// A fencing token. Tokens come from [`SessionStore::acquire_lease`] and only grow. A
+/// session write for node `N` carrying a token lower than the newest token issued for
+/// `N`'s lease ([`node_lease`]) is refused, so a process that lost its node's lease can
+/// write nothing more for that node, whatever it believes and however late its writes
+/// arrive; a token lower than the one that last wrote the same record is refused too.
 pub type Fence = u64;
+
+/// The name of node `node`'s lease: its holder is the node's primary, and the tokens it
+/// issues fence every session write for the node.
+pub fn node_lease(node: &str) -> String {
+    format!("node:{node}")
+}
 
 /// What can go wrong. Every backend maps its failures onto these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,14 +39,15 @@ pub enum StoreError {
         /// The version found.
         found: Option<u64>,
     },
-    /// The write carried a fencing token older than the record's.
+    /// The write carried a fencing token older than the record's (`key` = `session <id>`)
+    /// or than the newest token of the node's lease (`key` = `node <id>`).
     #[error("stale fencing token on {key}: {given} is older than {current}")]
     StaleFence {
         /// The record.
         key: String,
         /// The token the write carried.
         given: Fence,
-        /// The token of the record's last writer.
+        /// The newer token: the record's last writer's, or the node lease's.
         current: Fence,
     },
     #[error("{0} not found")]
@@ -194,13 +203,40 @@ pub struct Lease {
     pub expires_at_ms: u64,
 }
 
+/// One process of the cluster as it last announced itself ([`SessionStore::announce`]):
+/// the membership other processes find nodes by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node it serves.
+    pub node: String,
+    /// Its name among the node's processes (unique within the node).
+    pub instance: String,
+    /// `primary` or `backup`, as it saw itself when it announced.
+    pub role: String,
+    /// Where the process itself is reached.
+    pub advertise_url: String,
+    /// Where its node is reached from outside (the node's load balancer).
+    pub external_url: String,
+    /// Its data center (empty if not configured).
+    pub data_center: String,
+    /// When it last announced itself, in milliseconds since the Unix epoch (set by the
+    /// store; by the store's clock where the backend has one).
+    pub heartbeat_ms: u64,
+    /// Until when the entry counts without another announcement (set by the store).
+    pub expires_at_ms: u64,
+}
+
 /// The session store. Every backend implements this and passes the suite of the `testkit` feature.
 ///
 /// Guarantees every implementation gives:
 /// - A call that returned `Ok` is durable (as durable as the backend is configured to be).
 /// - Conditional writes are atomic: of many racing writers with the same expected version,
 ///   exactly one wins; the others get [`StoreError::VersionConflict`].
-/// - A write whose fence is older than the record's is refused ([`StoreError::StaleFence`]).
+/// - A session write (create, replace, delete, move) whose fence is older than the newest
+///   token issued for its node's lease ([`node_lease`]: the record's node for a delete,
+///   the new node for a write or move), or older than the record's, is refused
+///   ([`StoreError::StaleFence`]). Backends that cannot check the node's token in the
+///   same atomic step as the write say so in their docs.
 /// - Of many racing [`SessionStore::claim_schedule`] calls for one entry, exactly one
 ///   returns `true` (until the claim expires).
 /// - Lease tokens only grow.
@@ -262,4 +298,13 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
     /// The current holder, if the lease is held and not expired.
     async fn read_lease(&self, name: &str) -> Result<Option<Lease>>;
+
+    /// Records or refreshes a process's membership entry (keyed by node and instance) for
+    /// `ttl_ms`; the store sets `heartbeat_ms` and `expires_at_ms`, ignoring the values
+    /// given.
+    async fn announce(&self, member: &Member, ttl_ms: u64) -> Result<()>;
+    /// Every membership entry that has not expired, ordered by node and instance.
+    async fn members(&self) -> Result<Vec<Member>>;
+    /// Removes a process's membership entry (a graceful stop); a no-op if there is none.
+    async fn withdraw(&self, node: &str, instance: &str) -> Result<()>;
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::record::{StoredSchedule, check_write};
+use crate::record::{StoredSchedule, check_fence, check_write};
 use crate::*;
 
 #[derive(Default)]
@@ -17,6 +17,7 @@ struct Inner {
     schedules: BTreeMap<String, StoredSchedule>,
     leases: BTreeMap<String, Lease>,
     lease_tokens: BTreeMap<String, Fence>,
+    members: BTreeMap<(String, String), Member>,
 }
 
 /// A [`SessionStore`] in process memory, using this machine's clock for leases.
@@ -51,6 +52,16 @@ impl MemoryStore {
     }
 }
 
+impl Inner {
+    /// The newest token issued for `node`'s lease (0 if none was).
+    fn node_fence(&self, node: &str) -> Fence {
+        self.lease_tokens
+            .get(&node_lease(node))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn put_document(&self, hash: &str, body: &[u8]) -> Result<()> {
@@ -68,7 +79,7 @@ impl SessionStore for MemoryStore {
     async fn write_session(&self, w: SessionWrite<'_>) -> Result<u64> {
         let mut g = self.lock();
         let cur = g.sessions.get(w.id).map(|r| (r.version, r.fence));
-        check_write(cur, &w)?;
+        check_write(cur, g.node_fence(w.node), &w)?;
         let version = cur.map_or(1, |(v, _)| v + 1);
         if let Some(old) = g.sessions.get(w.id).map(|r| r.node.clone()) {
             g.by_node.remove(&(old, w.id.to_string()));
@@ -97,9 +108,7 @@ impl SessionStore for MemoryStore {
         let Some(r) = g.sessions.get(id) else {
             return Ok(());
         };
-        if fence < r.fence {
-            return Err(StoreError::stale_fence(id, fence, r.fence));
-        }
+        check_fence(id, &r.node, fence, g.node_fence(&r.node), Some(r.fence))?;
         let node = r.node.clone();
         g.sessions.remove(id);
         g.by_node.remove(&(node, id.to_string()));
@@ -124,9 +133,7 @@ impl SessionStore for MemoryStore {
             .sessions
             .get(id)
             .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
-        if fence < r.fence {
-            return Err(StoreError::stale_fence(id, fence, r.fence));
-        }
+        check_fence(id, to_node, fence, g.node_fence(to_node), Some(r.fence))?;
         let old = r.node.clone();
         g.by_node.remove(&(old, id.to_string()));
         g.by_node.insert((to_node.to_string(), id.to_string()));
@@ -245,5 +252,32 @@ impl SessionStore for MemoryStore {
             .get(name)
             .filter(|l| l.expires_at_ms > now)
             .cloned())
+    }
+
+    async fn announce(&self, member: &Member, ttl_ms: u64) -> Result<()> {
+        let now = self.now();
+        let m = Member {
+            heartbeat_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            ..member.clone()
+        };
+        self.lock()
+            .members
+            .insert((m.node.clone(), m.instance.clone()), m);
+        Ok(())
+    }
+
+    async fn members(&self) -> Result<Vec<Member>> {
+        let now = self.now();
+        let mut g = self.lock();
+        g.members.retain(|_, m| m.expires_at_ms > now);
+        Ok(g.members.values().cloned().collect())
+    }
+
+    async fn withdraw(&self, node: &str, instance: &str) -> Result<()> {
+        self.lock()
+            .members
+            .remove(&(node.to_string(), instance.to_string()));
+        Ok(())
     }
 }

@@ -121,21 +121,56 @@ pub fn decode_lease(name: &str, bytes: &[u8]) -> Result<Lease, StoreError> {
     decode_json(&format!("lease {name}"), bytes)
 }
 
-/// The checks every backend applies to a session write against the current record.
+/// The bytes of a membership entry.
+pub fn encode_member(m: &crate::Member) -> Vec<u8> {
+    encode_json(m)
+}
+/// Reads what [`encode_member`] wrote; `key` names the entry in errors.
+pub fn decode_member(key: &str, bytes: &[u8]) -> Result<crate::Member, StoreError> {
+    decode_json(&format!("member {key}"), bytes)
+}
+/// The key of a membership entry: node and instance, which node ids (letters, digits,
+/// `_`) cannot contain the separator of.
+pub fn member_key(node: &str, instance: &str) -> String {
+    format!("{node}/{instance}")
+}
+
+/// The fencing checks of every session write (create, replace, delete, move): the
+/// writer's token `given` must be at least the newest token issued for the lease of the
+/// node the write is for (`node_fence`, see [`crate::node_lease`]) and at least the token
+/// of the record's last writer (`record_fence`).
+pub fn check_fence(
+    id: &str,
+    node: &str,
+    given: Fence,
+    node_fence: Fence,
+    record_fence: Option<Fence>,
+) -> Result<(), StoreError> {
+    if given < node_fence {
+        return Err(StoreError::StaleFence {
+            key: format!("node {node}"),
+            given,
+            current: node_fence,
+        });
+    }
+    match record_fence {
+        Some(f) if given < f => Err(StoreError::stale_fence(id, given, f)),
+        _ => Ok(()),
+    }
+}
+
+/// The checks every backend applies to a session write against the current record
+/// (`(version, fence)`) and the newest token of the node's lease.
 pub fn check_write(
     current: Option<(u64, Fence)>,
+    node_fence: Fence,
     w: &crate::SessionWrite,
 ) -> Result<(), StoreError> {
-    let key = || format!("session {}", w.id);
-    if let Some((_, fence)) = current
-        && w.fence < fence
-    {
-        return Err(StoreError::stale_fence(w.id, w.fence, fence));
-    }
+    check_fence(w.id, w.node, w.fence, node_fence, current.map(|(_, f)| f))?;
     let found = current.map(|(v, _)| v);
     if found != w.expected_version {
         return Err(StoreError::VersionConflict {
-            key: key(),
+            key: format!("session {}", w.id),
             expected: w.expected_version,
             found,
         });

@@ -53,6 +53,8 @@ macro_rules! conformance_tests {
             case!(documents);
             case!(session_lifecycle);
             case!(fencing);
+            case!(node_fencing);
+            case!(membership);
             case!(node_index);
             case!(create_race);
             case!(update_race);
@@ -212,6 +214,149 @@ pub async fn fencing<H: Harness>(h: &H) {
     ));
     assert_eq!(s.read_session("f").await.unwrap().unwrap().snapshot, b"z");
     s.delete_session("f", 9).await.unwrap();
+}
+
+/// Node-wide fencing: once a node's lease is taken with a newer token, no write for that
+/// node with an older token lands, even on a session the new holder has not written yet;
+/// other nodes are not affected.
+pub async fn node_fencing<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    let old = h.another_client(&s).await;
+    let l1 = old
+        .acquire_lease(&node_lease("n1"), "a", 60_000)
+        .await
+        .unwrap()
+        .expect("free");
+    for id in ["untouched", "gone", "moving"] {
+        old.write_session(write(id, "n1", b"old", None, l1.token))
+            .await
+            .unwrap();
+    }
+    old.write_session(write("elsewhere", "n2", b"old", None, l1.token))
+        .await
+        .unwrap();
+    // A successor takes the lease (the old holder released it, as a paused or
+    // partitioned one would lose it to expiry).
+    old.release_lease(&l1).await.unwrap();
+    let l2 = s
+        .acquire_lease(&node_lease("n1"), "b", 60_000)
+        .await
+        .unwrap()
+        .expect("released");
+    assert!(l2.token > l1.token);
+    let fenced = |r: Result<()>, what: &str| match r {
+        Err(StoreError::StaleFence {
+            key,
+            given,
+            current,
+        }) if key == "node n1" && given == l1.token && current == l2.token => {}
+        other => panic!("{what}: a deposed holder's write must be fenced, got {other:?}"),
+    };
+    fenced(
+        old.write_session(write("untouched", "n1", b"late", Some(1), l1.token))
+            .await
+            .map(drop),
+        "replace",
+    );
+    fenced(
+        old.write_session(write("fresh", "n1", b"late", None, l1.token))
+            .await
+            .map(drop),
+        "create",
+    );
+    fenced(old.delete_session("gone", l1.token).await, "delete");
+    fenced(old.move_session("elsewhere", "n1", l1.token).await, "move");
+    for id in ["untouched", "gone", "moving"] {
+        assert_eq!(s.read_session(id).await.unwrap().unwrap().snapshot, b"old");
+    }
+    assert_eq!(s.read_session("fresh").await.unwrap(), None);
+    // The successor writes with its token; another node's sessions are not fenced by
+    // n1's lease.
+    s.write_session(write("untouched", "n1", b"new", Some(1), l2.token))
+        .await
+        .unwrap();
+    old.write_session(write("elsewhere", "n2", b"still", Some(1), l1.token))
+        .await
+        .unwrap();
+    assert_eq!(s.node_sessions("n1").await.unwrap().len(), 3);
+}
+
+/// Membership: entries are keyed by node and instance, refreshed by announcing again,
+/// listed in order until they expire, and removed by `withdraw`.
+pub async fn membership<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    let other = h.another_client(&s).await;
+    assert!(s.members().await.unwrap().is_empty());
+    let member = |node: &str, instance: &str, role: &str| Member {
+        node: node.into(),
+        instance: instance.into(),
+        role: role.into(),
+        advertise_url: format!("http://{node}-{instance}"),
+        external_url: format!("http://{node}"),
+        data_center: "dc1".into(),
+        heartbeat_ms: 0,
+        expires_at_ms: 0,
+    };
+    let before = now_ms();
+    s.announce(&member("n2", "a", "primary"), 60_000)
+        .await
+        .unwrap();
+    other
+        .announce(&member("n1", "b", "backup"), 60_000)
+        .await
+        .unwrap();
+    s.announce(&member("n1", "a", "backup"), 60_000)
+        .await
+        .unwrap();
+    // Announcing again replaces the entry.
+    s.announce(&member("n1", "a", "primary"), 60_000)
+        .await
+        .unwrap();
+    // A short-lived entry that nobody refreshes.
+    s.announce(&member("n3", "gone", "primary"), 300)
+        .await
+        .unwrap();
+    let listed = other.members().await.unwrap();
+    let keys: Vec<_> = listed
+        .iter()
+        .map(|m| (m.node.as_str(), m.instance.as_str(), m.role.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("n1", "a", "primary"),
+            ("n1", "b", "backup"),
+            ("n2", "a", "primary"),
+            ("n3", "gone", "primary"),
+        ]
+    );
+    let n1a = &listed[0];
+    assert_eq!(
+        (n1a.advertise_url.as_str(), n1a.external_url.as_str()),
+        ("http://n1-a", "http://n1")
+    );
+    assert_eq!(n1a.data_center, "dc1");
+    // The store's clock may differ from ours a little; it may not be far off.
+    assert!(n1a.heartbeat_ms + 5_000 >= before, "{n1a:?}");
+    assert!(n1a.expires_at_ms >= n1a.heartbeat_ms + 59_000, "{n1a:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.members().await.unwrap().iter().any(|m| m.node == "n3") {
+        assert!(
+            Instant::now() < deadline,
+            "an expired entry is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    other.withdraw("n1", "b").await.unwrap();
+    other.withdraw("n1", "never").await.unwrap();
+    let left: Vec<_> = s
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.node, m.instance))
+        .collect();
+    assert_eq!(left, [("n1".into(), "a".into()), ("n2".into(), "a".into())]);
 }
 
 /// The session-to-node index follows creates, moves and deletes.
@@ -643,6 +788,10 @@ enum Op {
     DeleteSchedule {
         id: u8,
     },
+    /// Takes and gives back a node's lease: its token grows, fencing older writers.
+    CycleNodeLease {
+        node: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -658,6 +807,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..60u64).prop_map(|now| Op::Due { now }),
         1 => (0..4u8, 0..60u64).prop_map(|(id, now)| Op::Claim { id, now }),
         1 => (0..4u8).prop_map(|id| Op::DeleteSchedule { id }),
+        1 => (0..2u8).prop_map(|node| Op::CycleNodeLease { node }),
     ]
 }
 
@@ -719,6 +869,18 @@ async fn apply(s: &dyn SessionStore, op: &Op) -> String {
         Op::Due { now } => outcome(s.due_schedules(*now, 100).await),
         Op::Claim { id, now } => outcome(s.claim_schedule(&format!("e{id}"), "me", *now, 10).await),
         Op::DeleteSchedule { id } => outcome(s.delete_schedule(&format!("e{id}")).await),
+        Op::CycleNodeLease { node: n } => {
+            let lease = s.acquire_lease(&node_lease(&node(*n)), "me", 60_000).await;
+            let token = lease
+                .as_ref()
+                .ok()
+                .and_then(|l| l.as_ref())
+                .map(|l| l.token);
+            if let Ok(Some(l)) = &lease {
+                let _ = s.release_lease(l).await;
+            }
+            outcome(lease.map(|_| token))
+        }
     }
 }
 

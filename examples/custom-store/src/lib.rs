@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ors_store::record::{self, StoredSchedule, check_write};
+use ors_store::record::{self, StoredSchedule, check_fence, check_write};
 use ors_store::{
-    Fence, Lease, Result, ScheduleEntry, SessionRecord, SessionStore, SessionWrite, StoreError,
-    now_ms,
+    Fence, Lease, Member, Result, ScheduleEntry, SessionRecord, SessionStore, SessionWrite,
+    StoreError, node_lease, now_ms,
 };
 use tokio::sync::Mutex;
 
@@ -42,13 +42,33 @@ fn unhex(s: &str) -> Option<String> {
 impl FileStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<FileStore> {
         let dir = dir.as_ref().to_path_buf();
-        for sub in ["documents", "sessions", "schedules", "leases", "tokens"] {
+        for sub in [
+            "documents",
+            "sessions",
+            "schedules",
+            "leases",
+            "tokens",
+            "members",
+        ] {
             std::fs::create_dir_all(dir.join(sub)).map_err(io)?;
         }
         Ok(FileStore {
             dir: Arc::new(dir),
             lock: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// The newest token issued for lease `name` (0 if none was).
+    fn token(&self, name: &str) -> Result<Fence> {
+        let Some(b) = self.read("tokens", name)? else {
+            return Ok(0);
+        };
+        String::from_utf8_lossy(&b)
+            .parse::<u64>()
+            .map_err(|e| StoreError::Corrupt {
+                key: format!("lease token {name}"),
+                detail: e.to_string(),
+            })
     }
 
     fn path(&self, kind: &str, name: &str) -> PathBuf {
@@ -137,7 +157,8 @@ impl SessionStore for FileStore {
     async fn write_session(&self, w: SessionWrite<'_>) -> Result<u64> {
         let _g = self.lock.lock().await;
         let cur = self.session(w.id)?;
-        check_write(cur.as_ref().map(|r| (r.version, r.fence)), &w)?;
+        let node_fence = self.token(&node_lease(w.node))?;
+        check_write(cur.as_ref().map(|r| (r.version, r.fence)), node_fence, &w)?;
         let version = cur.map_or(1, |r| r.version + 1);
         let rec = SessionRecord {
             id: w.id.into(),
@@ -161,9 +182,8 @@ impl SessionStore for FileStore {
         let Some(cur) = self.session(id)? else {
             return Ok(());
         };
-        if fence < cur.fence {
-            return Err(StoreError::stale_fence(id, fence, cur.fence));
-        }
+        let node_fence = self.token(&node_lease(&cur.node))?;
+        check_fence(id, &cur.node, fence, node_fence, Some(cur.fence))?;
         self.remove("sessions", id)?;
         for s in self.schedules()? {
             if s.entry.session.as_deref() == Some(id) {
@@ -190,9 +210,8 @@ impl SessionStore for FileStore {
         let mut r = self
             .session(id)?
             .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
-        if fence < r.fence {
-            return Err(StoreError::stale_fence(id, fence, r.fence));
-        }
+        let node_fence = self.token(&node_lease(to_node))?;
+        check_fence(id, to_node, fence, node_fence, Some(r.fence))?;
         r.node = to_node.into();
         r.fence = fence;
         r.version += 1;
@@ -265,17 +284,7 @@ impl SessionStore for FileStore {
         {
             return Ok(None);
         }
-        let token = match self.read("tokens", name)? {
-            Some(b) => {
-                String::from_utf8_lossy(&b)
-                    .parse::<u64>()
-                    .map_err(|e| StoreError::Corrupt {
-                        key: format!("lease token {name}"),
-                        detail: e.to_string(),
-                    })?
-            }
-            None => 0,
-        } + 1;
+        let token = self.token(name)? + 1;
         self.write("tokens", name, token.to_string().as_bytes())?;
         let lease = Lease {
             name: name.into(),
@@ -323,5 +332,37 @@ impl SessionStore for FileStore {
                 Ok((l.expires_at_ms > now_ms()).then_some(l))
             }
         }
+    }
+
+    async fn announce(&self, member: &Member, ttl_ms: u64) -> Result<()> {
+        let _g = self.lock.lock().await;
+        let now = now_ms();
+        let m = Member {
+            heartbeat_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            ..member.clone()
+        };
+        let key = record::member_key(&m.node, &m.instance);
+        self.write("members", &key, &record::encode_member(&m))
+    }
+
+    async fn members(&self) -> Result<Vec<Member>> {
+        let _g = self.lock.lock().await;
+        let now = now_ms();
+        let mut out = Vec::new();
+        for key in self.names("members")? {
+            if let Some(b) = self.read("members", &key)? {
+                let m = record::decode_member(&key, &b)?;
+                if m.expires_at_ms > now {
+                    out.push(m);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn withdraw(&self, node: &str, instance: &str) -> Result<()> {
+        let _g = self.lock.lock().await;
+        self.remove("members", &record::member_key(node, instance))
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use ors_scxml::host::{ParentLink, SessionHost};
 use ors_scxml::{Document, Event};
+use ors_store::StoreError;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -312,6 +313,15 @@ impl Worker {
             if let Some(h) = self.host.get_mut(&sid) {
                 h.meta.version = Some(version);
             }
+        }
+        if outcome
+            .failed
+            .values()
+            .any(|e| matches!(e, StoreError::StaleFence { key, .. } if key.starts_with("node ")))
+        {
+            // The node's lease has a newer holder: this process is deposed. Step down now
+            // rather than at the next renewal.
+            self.shared.deposed(fence);
         }
         for (sid, e) in outcome.failed {
             // Not durable: forget our copy, so the next use reloads the stored state (or
