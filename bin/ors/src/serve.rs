@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub instance: Option<String>,
     pub advertise_url: Option<String>,
     pub external_url: Option<String>,
+    pub data_center: Option<String>,
     pub workers: Option<usize>,
     pub log_format: Option<String>,
     pub store: StoreConfig,
@@ -119,6 +120,9 @@ pub struct ServeArgs {
     /// addresses in `_ioprocessors`). Default: the listen address.
     #[arg(long, env = "ORS_EXTERNAL_URL")]
     pub external_url: Option<String>,
+    /// This process's data center, listed in the cluster's membership.
+    #[arg(long, env = "ORS_DATA_CENTER")]
+    pub data_center: Option<String>,
     /// `embedded`, `redis` or `cassandra`.
     #[arg(long, env = "ORS_STORE")]
     pub store: Option<String>,
@@ -275,6 +279,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .or(file.advertise_url.clone())
             .unwrap_or_else(|| format!("http://{local}")),
+        data_center: args
+            .data_center
+            .clone()
+            .or(file.data_center.clone())
+            .unwrap_or_default(),
         max_document_bytes: l.max_document_bytes.unwrap_or(d.max_document_bytes),
         max_sessions: l.max_sessions.unwrap_or(d.max_sessions),
         max_queue: l.max_queue.unwrap_or(d.max_queue),

@@ -33,6 +33,42 @@ fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
+/// `(node, instance, role, data center)` of every member `s` lists, in order.
+async fn members(c: &reqwest::Client, s: &Server) -> Vec<(String, String, String, String)> {
+    let (st, body) = get(c, &format!("{}/cluster/members", s.url)).await;
+    assert_eq!(st, 200, "{body}");
+    let field = |m: &Value, k: &str| m[k].as_str().unwrap_or_default().to_string();
+    body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let ids = (field(m, "node"), field(m, "instance"));
+            (ids.0, ids.1, field(m, "role"), field(m, "data_center"))
+        })
+        .collect()
+}
+
+/// Waits until `s` lists exactly `want` as (node, instance, role).
+async fn until_members(c: &reqwest::Client, s: &Server, want: &[(&str, &str, &str)]) {
+    let t = Instant::now();
+    loop {
+        let got = members(c, s).await;
+        let got: Vec<_> = got
+            .iter()
+            .map(|(n, i, r, _)| (n.as_str(), i.as_str(), r.as_str()))
+            .collect();
+        if got == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "members {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn heartbeat(c: &reqwest::Client, s: &Server) -> (u16, Value) {
     get(c, &format!("{}/heartbeat", s.url)).await
 }
@@ -94,7 +130,14 @@ async fn a_backup_redirects_and_takes_over_after_kill_9() {
     let b = rig.serve("b", CONFIG, &["--instance", "b"]);
     let c = no_redirects();
 
-    // Roles: the first process is the primary, the second its backup.
+    // Roles: the first process is the primary, the second its backup; both are listed
+    // in the membership, which either answers.
+    until_members(
+        &c,
+        &b,
+        &[("node1", "a", "primary"), ("node1", "b", "backup")],
+    )
+    .await;
     assert_eq!(
         heartbeat(&c, &a).await,
         (200, serde_json::json!({"role": "primary", "store": "up"}))
@@ -148,6 +191,8 @@ async fn a_backup_redirects_and_takes_over_after_kill_9() {
     assert_eq!(q["datamodel"]["recovered"], 1, "one session.recovered");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(query(&c, &b, &sid).await.1["datamodel"]["fired"], 1);
+    // The dead process drops out of the membership when its entry expires.
+    until_members(&c, &b, &[("node1", "b", "primary")]).await;
 
     // The old primary comes back as a backup of the new one.
     a.restart();
@@ -182,8 +227,17 @@ async fn a_graceful_stop_hands_the_node_over_at_once() {
 async fn requests_for_another_nodes_session_are_redirected_to_that_node() {
     let rig = Rig::new(&[("counter.scxml", COUNTER)]);
     let one = rig.serve("1", CONFIG, &["--node-id", "node1"]);
-    let two = rig.serve("2", CONFIG, &["--node-id", "node2"]);
+    let two = rig.serve("2", CONFIG, &["--node-id", "node2", "--data-center", "dc2"]);
     let c = no_redirects();
+    // Each node finds the other in the membership.
+    until_members(
+        &c,
+        &one,
+        &[("node1", "main", "primary"), ("node2", "main", "primary")],
+    )
+    .await;
+    let listed = members(&c, &one).await;
+    assert_eq!((listed[0].3.as_str(), listed[1].3.as_str()), ("", "dc2"));
     let sid = start(&c, &one, "counter.scxml", &[]).await;
     assert!(sid.starts_with("node1-"));
     // Asked of node2: 307 to node1's external URL (its listen address here), with the

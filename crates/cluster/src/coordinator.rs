@@ -18,6 +18,8 @@ pub struct Identity {
     /// Where the node is reached from outside (`--external-url`, its load balancer):
     /// other nodes redirect requests for this node's sessions to it.
     pub external_url: String,
+    /// Its data center (`--data-center`; empty: none), for its membership entry.
+    pub data_center: String,
 }
 
 impl Identity {
@@ -56,16 +58,6 @@ impl Primary {
             instance: next(),
             advertise_url: next(),
             external_url: next(),
-        }
-    }
-
-    /// Where requests for the node's sessions go from other nodes: its external URL, or
-    /// the primary itself when the node has none.
-    pub fn node_url(&self) -> &str {
-        if self.external_url.is_empty() {
-            &self.advertise_url
-        } else {
-            &self.external_url
         }
     }
 }

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod coordinator;
+pub mod membership;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ors_store::{Fence, SessionStore, StoreError};
+use ors_store::{Fence, Member, SessionStore, StoreError};
 use tokio::sync::{Notify, mpsc};
 
 pub use coordinator::{Change, Coordinator, Identity, Primary, Request, Role, Timing};
@@ -32,6 +33,9 @@ pub trait Roles: Send + Sync + 'static {
 pub struct Cluster {
     driver: Driver,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    announcer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The member list last read, and when (see [`membership::LIST_CACHE`]).
+    members: tokio::sync::Mutex<Option<(Instant, Arc<Vec<Member>>)>>,
 }
 
 /// Milliseconds on this process's monotonic clock (lease validity is judged on it).
@@ -67,9 +71,12 @@ impl Cluster {
                 roles,
                 stop: Arc::new(Notify::new()),
                 poke: Arc::new(Notify::new()),
+                announce_now: Arc::new(Notify::new()),
                 clock,
             },
             task: Mutex::new(None),
+            announcer: Mutex::new(None),
+            members: tokio::sync::Mutex::new(None),
         };
         let deadline =
             clock.now_ms() + (timing.lease_ttl + Duration::from_secs(2)).as_millis() as u64;
@@ -99,7 +106,32 @@ impl Cluster {
         }
         let task = tokio::spawn(c.driver.clone().run());
         *c.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        // Listed before `start` returns; refreshed by the announcer from then on.
+        if let Err(e) = c.driver.announce_once().await {
+            tracing::warn!(error = %e, "cannot announce this process in the membership");
+        }
+        let announcer = tokio::spawn(c.driver.clone().announce());
+        *c.announcer.lock().unwrap_or_else(|p| p.into_inner()) = Some(announcer);
         c
+    }
+
+    /// The cluster's live members (read at most every [`membership::LIST_CACHE`]).
+    pub async fn members(&self) -> Result<Arc<Vec<Member>>, StoreError> {
+        let mut cached = self.members.lock().await;
+        if let Some((at, list)) = cached.as_ref()
+            && at.elapsed() < membership::LIST_CACHE
+        {
+            return Ok(list.clone());
+        }
+        let list = Arc::new(self.driver.store.members().await?);
+        *cached = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// Where requests for node `node`'s sessions go (see [`membership::node_url`]);
+    /// `None` while the node has no live primary.
+    pub async fn node_url(&self, node: &str) -> Result<Option<String>, StoreError> {
+        Ok(membership::node_url(&self.members().await?, node))
     }
 
     /// This process's role now.
@@ -137,6 +169,14 @@ impl Cluster {
     /// backup takes over without waiting for it to expire.
     pub async fn resign(&self) {
         let d = &self.driver;
+        let announcer = self
+            .announcer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(a) = announcer {
+            a.abort();
+        }
         d.stop.notify_one();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = task {
@@ -148,6 +188,10 @@ impl Cluster {
             && let Err(e) = d.store.release_lease(&l).await
         {
             tracing::warn!(error = %e, "could not release the node lease; it expires on its own");
+        }
+        let id = lock(&d.coordinator).identity().clone();
+        if let Err(e) = d.store.withdraw(&id.node, &id.instance).await {
+            tracing::warn!(error = %e, "could not withdraw the membership entry; it expires on its own");
         }
     }
 }
@@ -168,10 +212,58 @@ struct Driver {
     stop: Arc<Notify>,
     /// Wakes the task to act on a change made from outside it.
     poke: Arc<Notify>,
+    /// Wakes the announcer to announce a new role at once.
+    announce_now: Arc<Notify>,
     clock: Clock,
 }
 
 impl Driver {
+    /// Announces this process in the membership every [`membership::ANNOUNCE_EVERY`] and
+    /// whenever its role changes.
+    async fn announce(self) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = self.announce_now.notified() => {}
+                _ = tokio::time::sleep(membership::ANNOUNCE_EVERY) => {}
+            }
+            match self.announce_once().await {
+                Ok(()) => failing = false,
+                // The lease calls report a store outage; say it once here.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot announce this process in the membership");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Announces this process with its current role.
+    async fn announce_once(&self) -> Result<(), StoreError> {
+        let member = {
+            let co = lock(&self.coordinator);
+            let id = co.identity();
+            Member {
+                node: id.node.clone(),
+                instance: id.instance.clone(),
+                role: match co.role() {
+                    Role::Primary => "primary",
+                    Role::Backup => "backup",
+                }
+                .into(),
+                advertise_url: id.advertise_url.clone(),
+                external_url: id.external_url.clone(),
+                data_center: id.data_center.clone(),
+                heartbeat_ms: 0,
+                expires_at_ms: 0,
+            }
+        };
+        let ttl = membership::MEMBER_TTL.as_millis() as u64;
+        let call = self.store.announce(&member, ttl);
+        bounded(tokio::time::timeout(membership::ANNOUNCE_EVERY, call).await)
+    }
+
     async fn run(self) {
         let (dead_tx, mut dead_rx) = mpsc::unbounded_channel();
         let mut watching: Option<(String, tokio::task::JoinHandle<()>)> = None;
@@ -283,6 +375,7 @@ impl Driver {
                 Some(Change::BecamePrimary { token }) => {
                     tracing::info!(token, "this process is the node's primary");
                     metrics::gauge!("ors_primary").set(1.0);
+                    self.announce_now.notify_one();
                     self.roles.became_primary(token).await;
                 }
                 Some(Change::SteppedDown { reason, resigned }) => {
@@ -292,6 +385,7 @@ impl Driver {
                         tracing::error!(%reason, "stepping down: this process is a backup now");
                     }
                     metrics::gauge!("ors_primary").set(0.0);
+                    self.announce_now.notify_one();
                     self.roles.stepped_down(&reason).await;
                 }
                 Some(Change::PrimaryIs(p)) => {

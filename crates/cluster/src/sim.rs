@@ -56,6 +56,7 @@ fn identity(p: usize) -> Identity {
         instance: format!("p{p}"),
         advertise_url: format!("http://p{p}"),
         external_url: "http://lb".into(),
+        data_center: String::new(),
     }
 }
 

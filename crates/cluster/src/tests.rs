@@ -10,6 +10,7 @@ fn id(instance: &str) -> Identity {
         instance: instance.into(),
         advertise_url: format!("http://{instance}"),
         external_url: "http://lb".into(),
+        data_center: String::new(),
     }
 }
 
@@ -159,11 +160,18 @@ fn a_backup_learns_its_primary_and_ignores_its_own_stale_lease() {
 fn holder_strings_carry_the_addresses() {
     let p = Primary::from_holder(&id("a").holder());
     assert_eq!(
-        (p.instance.as_str(), p.advertise_url.as_str(), p.node_url()),
+        (
+            p.instance.as_str(),
+            p.advertise_url.as_str(),
+            p.external_url.as_str()
+        ),
         ("a", "http://a", "http://lb")
     );
     let old = Primary::from_holder("a|http://a");
-    assert_eq!(old.node_url(), "http://a");
+    assert_eq!(
+        (old.advertise_url.as_str(), old.external_url.as_str()),
+        ("http://a", "")
+    );
     assert_eq!(Primary::from_holder("node1:123").instance, "node1:123");
 }
 
@@ -302,6 +310,7 @@ async fn a_seized_lease_fences_out_its_old_holder() {
         roles: seen.clone(),
         stop: Arc::new(Notify::new()),
         poke: Arc::new(Notify::new()),
+        announce_now: Arc::new(Notify::new()),
         clock: Clock(Instant::now()),
     };
     assert!(driver.step().await);

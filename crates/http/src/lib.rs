@@ -110,6 +110,7 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         // Outside the layers: a load balancer polls it several times a second, and a
         // backup's 503 is its normal answer, not a failure to log.
         .route("/heartbeat", get(heartbeat))
+        .route("/cluster/members", get(members))
         .route(ors_cluster::WATCH_PATH, get(watch))
         .with_state(state)
 }
@@ -502,6 +503,14 @@ async fn heartbeat(State(s): State<AppState>) -> Response {
             let body = json!({ "role": "backup", "primary": s.rt.primary_url(), "store": store });
             (status, axum::Json(body)).into_response()
         }
+    }
+}
+
+/// The cluster's membership as this process reads it from the store; any process answers.
+async fn members(State(s): State<AppState>) -> Response {
+    match s.rt.members().await {
+        Ok(m) => axum::Json(json!({ "members": *m })).into_response(),
+        Err(e) => runtime_error(e),
     }
 }
 

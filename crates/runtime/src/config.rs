@@ -23,6 +23,8 @@ pub struct RuntimeConfig {
     /// Where this very process is reached; a backup redirects requests (`307`) to its
     /// primary's. Empty: the same as `external_url`.
     pub advertise_url: String,
+    /// This process's data center, recorded in its membership entry (empty: none).
+    pub data_center: String,
     /// Largest document (bytes) fetched or compiled.
     pub max_document_bytes: usize,
     /// How long fetching a document (or a BasicHTTP POST) may take.
@@ -63,6 +65,7 @@ impl Default for RuntimeConfig {
             external_url: "http://127.0.0.1:8080".into(),
             instance: "main".into(),
             advertise_url: String::new(),
+            data_center: String::new(),
             max_document_bytes: 4 << 20,
             fetch_timeout: Duration::from_secs(10),
             max_sessions: 1_000_000,

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ors_cluster::{Cluster, Identity, Primary, Role, Roles, Timing};
+use ors_cluster::{Cluster, Identity, Role, Roles, Timing};
 use ors_scheduler::{Job, ScheduledStart, Scheduler, SchedulerConfig};
 use ors_scxml::Event;
 use ors_store::SessionStore;
@@ -216,10 +216,10 @@ impl Shared {
     }
 
     async fn node_url(&self, node: &str) -> Result<Option<String>, RuntimeError> {
-        let lease = self.store.read_lease(&ors_store::node_lease(node)).await?;
-        Ok(lease
-            .map(|l| Primary::from_holder(&l.holder).node_url().to_string())
-            .filter(|u| !u.is_empty()))
+        match self.cluster.get() {
+            Some(c) => Ok(c.node_url(node).await?),
+            None => Ok(None),
+        }
     }
 
     /// The BasicHTTP location of a session of this server.
@@ -385,6 +385,7 @@ impl Runtime {
                 cfg.advertise_url.clone()
             },
             external_url: cfg.external_url.clone(),
+            data_center: cfg.data_center.clone(),
         };
         let roles = Arc::new(RuntimeRoles {
             shared: shared.clone(),
@@ -413,10 +414,18 @@ impl Runtime {
         }
     }
 
-    /// Where requests for the sessions of node `node` go: that node's external URL, read
-    /// from its lease (`None`: the node has no primary now).
+    /// Where requests for the sessions of node `node` go: that node's external URL, from
+    /// the cluster's membership (`None`: the node has no live primary now).
     pub async fn node_url(&self, node: &str) -> Result<Option<String>, RuntimeError> {
         self.shared.node_url(node).await
+    }
+
+    /// The cluster's live processes, from the store's membership.
+    pub async fn members(&self) -> Result<Arc<Vec<ors_store::Member>>, RuntimeError> {
+        match self.shared.cluster.get() {
+            Some(c) => Ok(c.members().await?),
+            None => Ok(Arc::default()),
+        }
     }
 
     /// Whether the store answered this process's last lease call (renewed every third of
