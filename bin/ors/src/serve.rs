@@ -80,6 +80,7 @@ pub struct SessionsConfig {
     pub request_timeout_secs: Option<u64>,
     pub finished_retention_secs: Option<u64>,
     pub lease_ttl_ms: Option<u64>,
+    pub hot_standby: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,6 +280,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .or(file.advertise_url.clone())
             .unwrap_or_else(|| format!("http://{local}")),
+        hot_standby: ss.hot_standby.unwrap_or(d.hot_standby),
         data_center: args
             .data_center
             .clone()

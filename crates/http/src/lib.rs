@@ -111,6 +111,7 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         // backup's 503 is its normal answer, not a failure to log.
         .route("/heartbeat", get(heartbeat))
         .route("/cluster/members", get(members))
+        .route("/cluster/changes", get(changes))
         .route(ors_cluster::WATCH_PATH, get(watch))
         .with_state(state)
 }
@@ -494,15 +495,47 @@ async fn heartbeat(State(s): State<AppState>) -> Response {
     let store = if s.rt.store_up() { "up" } else { "down" };
     match s.rt.role() {
         NodeRole::Primary => {
-            let body = json!({ "role": "primary", "store": store });
+            let body =
+                json!({ "role": "primary", "store": store, "recovering": s.rt.recovery_pending() });
             (StatusCode::OK, axum::Json(body)).into_response()
         }
         NodeRole::Backup => {
             let status = StatusCode::from_u16(s.cfg.heartbeat_backup_status)
                 .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let body = json!({ "role": "backup", "primary": s.rt.primary_url(), "store": store });
+            let body = json!({
+                "role": "backup", "primary": s.rt.primary_url(), "store": store,
+                "following": s.rt.following(),
+            });
             (status, axum::Json(body)).into_response()
         }
+    }
+}
+
+/// A hot standby's long poll of its primary's changes (binary frames; the numbers in
+/// headers). A backup answers `503`.
+async fn changes(State(s): State<AppState>, uri: Uri) -> Response {
+    let mut term = 0;
+    let mut since = 0;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "term" => term = v.parse().unwrap_or(0),
+            "since" => since = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    match s.rt.changes(term, since).await {
+        Ok(a) => (
+            [
+                (ors_runtime::CHANGES_TERM, a.term.to_string()),
+                (ors_runtime::CHANGES_NEXT, a.next.to_string()),
+                (ors_runtime::CHANGES_RESYNC, u8::from(a.resync).to_string()),
+            ],
+            a.body,
+        )
+            .into_response(),
+        Err(e) => runtime_error(e),
     }
 }
 

@@ -25,6 +25,10 @@ pub struct RuntimeConfig {
     pub advertise_url: String,
     /// This process's data center, recorded in its membership entry (empty: none).
     pub data_center: String,
+    /// As a backup, follow the primary and keep the node's sessions in memory, so a
+    /// takeover reads only what changed (hot standby). Off: a takeover reads every
+    /// session from the store (warm standby).
+    pub hot_standby: bool,
     /// Largest document (bytes) fetched or compiled.
     pub max_document_bytes: usize,
     /// How long fetching a document (or a BasicHTTP POST) may take.
@@ -66,6 +70,7 @@ impl Default for RuntimeConfig {
             instance: "main".into(),
             advertise_url: String::new(),
             data_center: String::new(),
+            hot_standby: false,
             max_document_bytes: 4 << 20,
             fetch_timeout: Duration::from_secs(10),
             max_sessions: 1_000_000,

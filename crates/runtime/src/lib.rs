@@ -20,6 +20,8 @@ mod error;
 mod jobs;
 mod nodes;
 mod persist;
+mod recovery;
+mod standby;
 mod worker;
 mod workers;
 
@@ -40,6 +42,9 @@ pub use basichttp::receive as basichttp_event;
 pub use config::RuntimeConfig;
 pub use error::RuntimeError;
 pub use ors_cluster::Role as NodeRole;
+pub use standby::{
+    ChangesAnswer, NEXT as CHANGES_NEXT, RESYNC as CHANGES_RESYNC, TERM as CHANGES_TERM,
+};
 
 use documents::Documents;
 use worker::Command;
@@ -147,6 +152,11 @@ pub(crate) struct Shared {
     cluster: std::sync::OnceLock<Arc<Cluster>>,
     requests: PendingRequests,
     finished: FinishedSessions,
+    recovery: recovery::Recovery,
+    /// This process's changes, for a hot standby that follows it (when primary).
+    feed: standby::Feed,
+    /// The node's sessions as followed from the primary (when a hot-standby backup).
+    standby: standby::Standby,
     scheduler: ors_scheduler::Waker,
     /// The BasicHTTP processor's client.
     http: reqwest::Client,
@@ -247,6 +257,8 @@ pub struct Runtime {
     shared: Arc<Shared>,
     threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
     scheduler: Arc<Mutex<Option<Scheduler>>>,
+    /// The hot standby's follower task, if configured.
+    follower: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 /// What the runtime does when the cluster coordinator changes this process's role.
@@ -263,19 +275,46 @@ impl Roles for RuntimeRoles {
         // Recovery: every session this node owns is reloaded (and told session.recovered
         // where its document asks); requests meanwhile load sessions on demand. The
         // node's timers fire from here on (the scheduler's `owns` asks `is_primary`).
-        match shared.store.node_sessions(&shared.cfg.node_id).await {
-            Ok(ids) => {
-                tracing::info!(sessions = ids.len(), node = %shared.cfg.node_id, "recovering sessions");
-                for sid in ids {
-                    let cmd = Command::Recover { sid: sid.clone() };
-                    shared.workers.send_internal(&sid, cmd);
+        // The listing runs on its own task: the coordinator's task, which called this,
+        // must go on renewing the lease however many sessions there are.
+        shared.recovery.begin();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match shared
+                .store
+                .node_session_versions(&shared.cfg.node_id)
+                .await
+            {
+                Ok(listed) => {
+                    tracing::info!(
+                        sessions = listed.len(),
+                        held = shared.standby.len(),
+                        node = %shared.cfg.node_id,
+                        "recovering sessions"
+                    );
+                    shared.recovery.add(listed.len() as u64);
+                    // What the standby holds beyond the listed sessions is stale.
+                    shared.standby.begin_resync();
+                    for (sid, version) in &listed {
+                        shared.standby.confirm(sid, *version);
+                    }
+                    shared.standby.end_resync();
+                    for (sid, version) in listed {
+                        let cmd = Command::Recover {
+                            sid: sid.clone(),
+                            version,
+                        };
+                        shared.workers.send_internal(&sid, cmd);
+                    }
+                }
+                // They load on demand.
+                Err(e) => {
+                    shared.standby.clear();
+                    tracing::error!(error = %e, "cannot list this node's sessions to recover them")
                 }
             }
-            // They load on demand.
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list this node's sessions to recover them")
-            }
-        }
+            shared.recovery.one_done();
+        });
     }
 
     async fn stepped_down(&self, _reason: &str) {
@@ -333,6 +372,9 @@ impl Runtime {
             primary: std::sync::atomic::AtomicBool::new(false),
             cluster: std::sync::OnceLock::new(),
             requests: PendingRequests::default(),
+            recovery: Default::default(),
+            feed: Default::default(),
+            standby: Default::default(),
             finished: FinishedSessions {
                 retention: finished_retention,
                 ended: Mutex::default(),
@@ -356,6 +398,7 @@ impl Runtime {
             shared: shared.clone(),
             threads: Arc::new(Mutex::new(threads)),
             scheduler: Arc::default(),
+            follower: Arc::default(),
         };
         let scheduler = Scheduler::spawn(
             shared.store.clone(),
@@ -402,6 +445,10 @@ impl Runtime {
             tracing::info!(node = %cfg.node_id, instance = %cfg.instance, ?primary, "this process is a backup");
         }
         let _ = shared.cluster.set(Arc::new(cluster));
+        if cfg.hot_standby {
+            let task = tokio::spawn(standby::follow(shared.clone()));
+            *rt.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
         Ok(rt)
     }
 
@@ -418,6 +465,32 @@ impl Runtime {
     /// the cluster's membership (`None`: the node has no live primary now).
     pub async fn node_url(&self, node: &str) -> Result<Option<String>, RuntimeError> {
         self.shared.node_url(node).await
+    }
+
+    /// A hot standby's poll of this primary's changes (`GET /cluster/changes`): from
+    /// number `since` of term `term`, waiting up to a second for some.
+    pub async fn changes(
+        &self,
+        term: u64,
+        since: u64,
+    ) -> Result<standby::ChangesAnswer, RuntimeError> {
+        self.shared.serving()?;
+        let current = self.shared.fence();
+        Ok(self
+            .shared
+            .feed
+            .poll(term, current, since, standby::POLL_WAIT, now_ms())
+            .await)
+    }
+
+    /// Sessions a hot-standby backup holds in memory (0 on a primary or a warm backup).
+    pub fn following(&self) -> usize {
+        self.shared.standby.len()
+    }
+
+    /// Sessions of the node still to be loaded after this process became primary.
+    pub fn recovery_pending(&self) -> u64 {
+        self.shared.recovery.pending()
     }
 
     /// The cluster's live processes, from the store's membership.
@@ -589,6 +662,14 @@ impl Runtime {
     /// Stops the scheduler, then the workers after they finish what they have; flushes;
     /// releases the lease (so a backup takes over at once).
     pub async fn shutdown(&self) {
+        let follower = self
+            .follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(f) = follower {
+            f.abort();
+        }
         drop(
             self.scheduler
                 .lock()

@@ -508,25 +508,42 @@ impl SessionStore for RedisStore {
     }
 
     async fn node_sessions(&self, node: &str) -> Result<Vec<String>> {
+        Ok(self
+            .node_session_versions(node)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    async fn node_session_versions(&self, node: &str) -> Result<Vec<(String, u64)>> {
         let nk = self.k_node(node);
         let ids: Vec<String> = self.pool.next().smembers(&nk).await.map_err(map_err(&nk))?;
         let mut out = Vec::new();
-        for id in ids {
-            let owner: Option<String> = self
-                .pool
-                .next()
-                .hget(self.k_sess(&id), "node")
-                .await
-                .map_err(map_err(&format!("session {id}")))?;
-            if owner.as_deref() == Some(node) {
-                out.push(id);
-            } else {
-                // A leftover of an interrupted write or move: clean it up.
-                self.pool
-                    .next()
-                    .srem::<i64, _, _>(&nk, &id)
+        // Owners and versions are read in pipelines: a round trip per chunk, not per
+        // session.
+        for chunk in ids.chunks(1000) {
+            let pipeline = self.pool.next().pipeline();
+            for id in chunk {
+                pipeline
+                    .hmget::<(), _, _>(self.k_sess(id), vec!["node", "ver"])
                     .await
-                    .map_err(map_err(&nk))?;
+                    .map_err(unavailable)?;
+            }
+            let rows: Vec<(Option<String>, Option<u64>)> =
+                pipeline.all().await.map_err(map_err(&nk))?;
+            for (id, (owner, version)) in chunk.iter().zip(rows) {
+                match (owner, version) {
+                    (Some(o), Some(v)) if o == node => out.push((id.clone(), v)),
+                    _ => {
+                        // A leftover of an interrupted write or move: clean it up.
+                        self.pool
+                            .next()
+                            .srem::<i64, _, _>(&nk, id)
+                            .await
+                            .map_err(map_err(&nk))?;
+                    }
+                }
             }
         }
         out.sort();

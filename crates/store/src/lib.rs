@@ -267,6 +267,20 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn delete_session(&self, id: &str, fence: Fence) -> Result<()>;
     /// The sessions a node owns.
     async fn node_sessions(&self, node: &str) -> Result<Vec<String>>;
+    /// The sessions a node owns with their versions (a standby checks what it holds
+    /// against them). The default reads each record; backends override it with a cheaper
+    /// read.
+    async fn node_session_versions(&self, node: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for id in self.node_sessions(node).await? {
+            if let Some(r) = self.read_session(&id).await?
+                && r.node == node
+            {
+                out.push((id, r.version));
+            }
+        }
+        Ok(out)
+    }
     /// Moves a session to another node (for a takeover).
     async fn move_session(&self, id: &str, to_node: &str, fence: Fence) -> Result<()>;
 

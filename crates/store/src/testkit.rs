@@ -386,6 +386,12 @@ pub async fn node_index<H: Harness>(h: &H) {
         .unwrap();
     assert_eq!(s.node_sessions("n3").await.unwrap(), ["s1"]);
     assert_eq!(s.node_sessions("n2").await.unwrap(), ["s3"]);
+    // With versions: s1 was created, moved and rewritten.
+    assert_eq!(
+        s.node_session_versions("n3").await.unwrap(),
+        [("s1".to_string(), 3)]
+    );
+    assert!(s.node_session_versions("n9").await.unwrap().is_empty());
     s.delete_session("s2", 1).await.unwrap();
     assert!(s.node_sessions("n1").await.unwrap().is_empty());
     assert!(matches!(

@@ -112,17 +112,22 @@ impl Worker {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::Recover { sid } => match self.ensure_loaded(&sid).await {
-                Ok(()) => {
-                    let h = self.host.get(&sid).expect("loaded");
-                    if h.session.document().send_session_recovered {
-                        let _ = self
-                            .host
-                            .push(&sid, Event::external("session.recovered", None));
+            Command::Recover { sid, version } => {
+                match self.ensure_recovered(&sid, version).await {
+                    Ok(()) => {
+                        let h = self.host.get(&sid).expect("loaded");
+                        if h.session.document().send_session_recovered {
+                            let _ = self
+                                .host
+                                .push(&sid, Event::external("session.recovered", None));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(session = %sid, error = %e, "could not recover session")
                     }
                 }
-                Err(e) => tracing::warn!(session = %sid, error = %e, "could not recover session"),
-            },
+                self.shared.recovery.one_done();
+            }
             Command::Evict | Command::Shutdown { .. } => unreachable!("handled by the batch"),
         }
     }

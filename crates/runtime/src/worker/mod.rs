@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::persist::{Plan, SnapshotWrite, StoredSession, persist};
+use crate::standby::Change;
 use crate::workers::{Inbox, shard_of};
 use crate::{QueryResult, RuntimeError, Shared, now_ms, owner_node};
 
@@ -76,6 +77,9 @@ pub(crate) enum Command {
     },
     Recover {
         sid: String,
+        /// Its version in the store when the takeover listed it: a hot standby's copy of
+        /// exactly that version is used instead of a read.
+        version: u64,
     },
     /// This process stepped down: forget every session (the new primary owns them).
     Evict,
@@ -296,6 +300,15 @@ impl Worker {
         let node = self.shared.cfg.node_id.clone();
         let fence = self.shared.fence();
         let plan = std::mem::take(&mut batch.plan);
+        // What a hot standby following this primary gets, once it is durable.
+        let followed = self.shared.feed.followed(now_ms()).then(|| {
+            let puts: Vec<_> = plan
+                .snapshots
+                .iter()
+                .map(|w| (w.session.clone(), w.document.clone(), w.bytes.clone()))
+                .collect();
+            (puts, plan.deletions.clone())
+        });
         let outcome = match self
             .on_main(async move { persist(&*store, &node, fence, plan).await })
             .await
@@ -309,6 +322,30 @@ impl Worker {
                 return;
             }
         };
+        if let Some((puts, deletions)) = followed {
+            let mut changes = Vec::with_capacity(puts.len() + deletions.len());
+            let versions: HashMap<&str, u64> = outcome
+                .versions
+                .iter()
+                .map(|(sid, v)| (sid.as_str(), *v))
+                .collect();
+            for (sid, document, snapshot) in puts {
+                if let Some(&version) = versions.get(sid.as_str()) {
+                    changes.push(Change::Put {
+                        sid,
+                        version,
+                        document,
+                        snapshot,
+                    });
+                }
+            }
+            for sid in deletions {
+                if !outcome.failed.contains_key(&sid) {
+                    changes.push(Change::Gone { sid });
+                }
+            }
+            self.shared.feed.push(changes, now_ms());
+        }
         for (sid, version) in outcome.versions {
             if let Some(h) = self.host.get_mut(&sid) {
                 h.meta.version = Some(version);

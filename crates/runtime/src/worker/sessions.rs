@@ -8,6 +8,7 @@ use ors_scheduler::Job;
 use ors_scxml::event::SendTarget;
 use ors_scxml::host::{Hosted, ParentLink};
 use ors_scxml::{Document, Session, SessionLimits, SystemVars};
+use ors_store::SessionRecord;
 use serde_json::Value;
 
 use super::{Batch, Slot, Worker};
@@ -58,6 +59,12 @@ impl Worker {
                 node: rec.node,
             });
         }
+        self.restore(rec).await
+    }
+
+    /// Restores a session from its stored record.
+    async fn restore(&self, rec: SessionRecord) -> Result<Hosted<Slot>, RuntimeError> {
+        let sid = rec.id.as_str();
         let stored = StoredSession::decode(&rec.snapshot).map_err(|e| {
             RuntimeError::Internal(format!("session {sid} has a corrupt snapshot: {e}"))
         })?;
@@ -77,6 +84,30 @@ impl Worker {
                 last_active: Instant::now(),
             },
         })
+    }
+
+    /// A takeover's load of a session the store listed at `version`: from the hot
+    /// standby's copy when it holds exactly that version, else from the store.
+    pub(super) async fn ensure_recovered(
+        &mut self,
+        sid: &str,
+        version: u64,
+    ) -> Result<(), RuntimeError> {
+        if self.host.contains(sid) {
+            return Ok(());
+        }
+        self.shared.check_owner(sid)?;
+        let held = self
+            .shared
+            .standby
+            .take(sid, &self.shared.cfg.node_id, version);
+        let (hosted, from) = match held {
+            Some(rec) => (self.restore(rec).await?, "standby"),
+            None => (self.load(sid).await?, "store"),
+        };
+        metrics::counter!("ors_recovered_sessions_total", "from" => from).increment(1);
+        self.host.insert(hosted);
+        Ok(())
     }
 
     /// Makes sure a session of this worker is in memory.
