@@ -58,9 +58,14 @@ echo "== examples (each checks its own result)"
 cargo run --quiet -p ors-example-embed-engine
 cargo run --quiet -p ors-example-embed-runtime
 
+echo "== failovers in a row: 3 x kill -9 under load (exits 1 on any loss), and a hot takeover"
+cargo build --quiet -p ors -p ors-failover-bench -p ors-takeover-bench
+cargo run --quiet -p ors-failover-bench -- --ors target/debug/ors --cycles 3 --lease-ms 1000
+cargo run --quiet -p ors-takeover-bench -- --ors target/debug/ors --sessions 2000 --hot
+
 echo "== W3C SCXML IRP tests (ECMAScript datamodel), in-process, virtual time"
 echo "   (the BasicHTTP tests run through the server; the next run covers everything there)"
-cargo build --quiet -p ors -p ors-conformance
+cargo build --quiet -p ors-conformance
 cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR" --server target/debug/ors
 
 echo "== W3C SCXML IRP tests (ECMAScript datamodel), every test through a real ors serve"

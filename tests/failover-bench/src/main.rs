@@ -7,7 +7,8 @@
 //! killed process (it rejoins as a backup). At the end it compares every session with
 //! what the clients saw: events acknowledged but missing (lost), events counted more
 //! often than sent (applied twice), timers fired more often than armed. Prints one JSON
-//! line and a summary. The clients run on the same machine as the servers.
+//! line and a summary, and exits 1 if anything acknowledged was lost or applied twice.
+//! The clients run on the same machine as the servers.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -293,4 +294,9 @@ async fn main() {
         percentile(&failovers, 0.5),
         percentile(&failovers, 0.99)
     );
+    // The guarantees, not the timings, decide the exit status (CI runs a short version).
+    if lost > 0 || twice > 0 || timers_lost > 0 || timers_twice > 0 {
+        eprintln!("FAILED: something acknowledged was lost or applied twice");
+        std::process::exit(1);
+    }
 }
