@@ -139,7 +139,7 @@ pub struct ChangesAnswer {
     /// The follower cannot continue where it asked: it must resync from the store (and
     /// follow from `next`).
     pub resync: bool,
-    /// The changes, encoded (see [`encode`]).
+    /// The changes, in the frames `GET /cluster/changes` answers with.
     pub body: Vec<u8>,
 }
 
