@@ -614,3 +614,42 @@ on_both_stores!(
     http_documents_outlive_their_url,
     sigterm_stops_cleanly_and_keeps_state,
 );
+
+/// The data leak reported in issue 8, through a real server with one worker: session A's
+/// top-level `let` must not be seen by other sessions of the same document, and each
+/// session keeps its own value (also across a restart, as it is in the snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_top_level_let_is_not_seen_by_other_sessions() {
+    const LEAKY: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <datamodel><data id="seen"/></datamodel>
+  <state id="s">
+    <transition event="keep"><script>let secret = _event.data.v;</script></transition>
+    <transition event="look"><assign location="seen" expr="typeof secret === 'undefined' ? 'nothing' : secret"/></transition>
+  </state>
+</scxml>"#;
+    let (tmp, mut s) = setup(FAST, &["--workers", "1"]);
+    std::fs::write(tmp.path().join("docs").join("leaky.scxml"), LEAKY).unwrap();
+    let c = client();
+    let a = start(&c, &s, "leaky.scxml", &[]).await;
+    let (st, body) = post(
+        &c,
+        &format!("{}/scxml/session/{a}/event/keep", s.url),
+        &[("v", "A-secret")],
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let mut others = Vec::new();
+    for _ in 0..6 {
+        let b = start(&c, &s, "leaky.scxml", &[]).await;
+        let (st, _) = post(&c, &format!("{}/scxml/session/{b}/event/look", s.url), &[]).await;
+        assert_eq!(st, 200);
+        others.push(b);
+    }
+    for b in &others {
+        assert_eq!(query(&c, &s, b).await.1["datamodel"]["seen"], "nothing");
+    }
+    s.restart();
+    let (st, _) = post(&c, &format!("{}/scxml/session/{a}/event/look", s.url), &[]).await;
+    assert_eq!(st, 200);
+    assert_eq!(query(&c, &s, &a).await.1["datamodel"]["seen"], "A-secret");
+}

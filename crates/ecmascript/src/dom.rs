@@ -38,6 +38,9 @@ const PRELUDE: &str = r#"(function () {
   Object.defineProperty(OrsNode.prototype, 'firstChild', { get: function () {
     return this.childNodes.length ? this.childNodes[0] : null;
   } });
+  // Shared by every session of the thread: nobody may change it.
+  Object.freeze(OrsNode.prototype);
+  Object.freeze(OrsNode);
   return function (tree) {
     var doc = new OrsNode(tree);
     doc.nodeType = 9;

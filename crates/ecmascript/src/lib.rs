@@ -3,6 +3,7 @@
 
 mod dom;
 mod runtime;
+mod toplevel;
 
 use std::cell::RefCell;
 use std::rc::Rc;

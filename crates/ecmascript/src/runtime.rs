@@ -2,7 +2,7 @@
 //! the compiled form of every expression of every document seen on it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use std::rc::Rc;
 use std::sync::{Arc, Weak};
@@ -53,6 +53,91 @@ const GUARDS: &str = r#"(function () {
   guard('padEnd', function (s, a) { return Number(a[0]); });
 })();"#;
 
+/// Hardens the shared context before any session runs: every built-in object reachable
+/// from the global object (constructors, prototypes, `Math`, `JSON`, the hidden
+/// intrinsics such as the iterator and generator prototypes, and our own helpers) is
+/// frozen, and the global object's built-in bindings become read-only and permanent. One
+/// session can then change nothing another session sees: `Array.prototype.x = 1` or
+/// `Math.secret = 2` fail (silently in sloppy code, with a TypeError in strict code), as
+/// does `parseInt = f`.
+///
+/// Freezing a prototype would also stop an object from getting an own property of the
+/// same name by assignment (`e.name = 'MyError'` with `Error.prototype.name` frozen: the
+/// "override mistake"). For the properties where that is common, the frozen prototype
+/// gets an accessor instead of the value: reading gives the original, assigning defines
+/// an own property on the object assigned to.
+const LOCKDOWN: &str = r#"(function (global, extraRoots) {
+  var getNames = Object.getOwnPropertyNames, getSymbols = Object.getOwnPropertySymbols;
+  var describe = Object.getOwnPropertyDescriptor, define = Object.defineProperty;
+  var protoOf = Object.getPrototypeOf, freeze = Object.freeze, isFrozen = Object.isFrozen;
+  var overridable = {
+    'Object.prototype': ['constructor', 'toString', 'toLocaleString', 'valueOf',
+      'hasOwnProperty', 'isPrototypeOf', 'propertyIsEnumerable'],
+    'Function.prototype': ['constructor', 'toString', 'name', 'apply', 'call', 'bind'],
+    'Error.prototype': ['constructor', 'name', 'message', 'toString'],
+    'Array.prototype': ['constructor', 'toString', 'push', 'join'],
+    'Promise.prototype': ['constructor', 'then']
+  };
+  ['TypeError', 'RangeError', 'SyntaxError', 'ReferenceError', 'EvalError', 'URIError']
+    .forEach(function (n) { overridable[n + '.prototype'] = ['constructor', 'name', 'message']; });
+  Object.keys(overridable).forEach(function (path) {
+    var obj = global[path.split('.')[0]].prototype;
+    overridable[path].forEach(function (key) {
+      var d = describe(obj, key);
+      if (!d || !('value' in d)) return;
+      var value = d.value;
+      define(obj, key, {
+        get: function () { return value; },
+        set: function (v) {
+          if (this === obj) throw new TypeError('cannot assign to the frozen ' + path + '.' + key);
+          define(this, key, { value: v, writable: true, enumerable: true, configurable: true });
+        },
+        enumerable: d.enumerable, configurable: false
+      });
+    });
+  });
+  var seen = new Set(), todo = [];
+  function visit(v) {
+    if (v === global || v === null || (typeof v !== 'object' && typeof v !== 'function')) return;
+    if (!seen.has(v)) { seen.add(v); todo.push(v); }
+  }
+  function visitProperties(o) {
+    getNames(o).concat(getSymbols(o)).forEach(function (k) {
+      var d = describe(o, k);
+      if (d) { visit(d.value); visit(d.get); visit(d.set); }
+    });
+  }
+  visitProperties(global);
+  visit(protoOf(global));
+  extraRoots.forEach(visit);
+  while (todo.length) {
+    var o = todo.pop();
+    visitProperties(o);
+    visit(protoOf(o));
+    if (!isFrozen(o)) freeze(o);
+  }
+  getNames(global).concat(getSymbols(global)).forEach(function (k) {
+    var d = describe(global, k);
+    if (!d.configurable) return;
+    if ('value' in d) define(global, k, { writable: false, configurable: false });
+    else define(global, k, { configurable: false });
+  });
+})"#;
+
+/// Roots of the built-ins that no global property reaches.
+const HIDDEN_INTRINSICS: &str = r#"[
+  Object.getPrototypeOf(function* () {}),
+  Object.getPrototypeOf(async function () {}),
+  Object.getPrototypeOf(async function* () {}),
+  Object.getPrototypeOf([][Symbol.iterator]()),
+  Object.getPrototypeOf(new Map()[Symbol.iterator]()),
+  Object.getPrototypeOf(new Set()[Symbol.iterator]()),
+  Object.getPrototypeOf(''[Symbol.iterator]()),
+  Object.getPrototypeOf(/a/[Symbol.matchAll]('')),
+  Object.getPrototypeOf(Int8Array),
+  (function () { return arguments; })()
+]"#;
+
 /// How an expression is compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -76,16 +161,15 @@ enum Compiled {
 struct DocCache {
     doc: Weak<Document>,
     compiled: Vec<Option<Compiled>>,
-    /// Globals a session of this document can create without `<script>`: data ids and
-    /// plain identifiers used as locations.
+    /// Data ids and plain identifiers used as locations: the names that may shadow a
+    /// built-in global for a session.
     known: Vec<JsString>,
-    /// The document has `<script>`: any global may appear, so scan them all.
-    full_scan: bool,
 }
 
 pub(crate) struct Runtime {
     pub ctx: Context,
-    baseline: HashSet<PropertyKey>,
+    /// The global object's own properties before any session ran, as they were.
+    baseline: HashMap<PropertyKey, PropertyDescriptor>,
     docs: HashMap<u64, DocCache>,
     dom: JsObject,
 }
@@ -146,6 +230,25 @@ fn apply_limits(ctx: &mut Context, o: RuntimeOptions) {
     l.set_recursion_limit(o.recursion_limit);
 }
 
+/// Runs [`LOCKDOWN`] on a fresh context; `dom` (the DOM builder) is one more root.
+fn lockdown(ctx: &mut Context, dom: &JsObject) {
+    let run = |ctx: &mut Context, src: &str| {
+        Script::parse(Source::from_bytes(src.as_bytes()), None, ctx).and_then(|s| s.evaluate(ctx))
+    };
+    let f = run(ctx, LOCKDOWN).expect("the lockdown prelude is valid JavaScript");
+    let hidden = run(ctx, HIDDEN_INTRINSICS).expect("the hidden intrinsics are reachable");
+    let roots =
+        JsArray::from_object(hidden.as_object().expect("an array").clone()).expect("an array");
+    roots
+        .push(JsValue::from(dom.clone()), ctx)
+        .expect("pushing to a fresh array");
+    let global = JsValue::from(ctx.global_object());
+    f.as_object()
+        .expect("the lockdown prelude is a function")
+        .call(&JsValue::undefined(), &[global, roots.into()], ctx)
+        .expect("lockdown of a fresh context");
+}
+
 pub(crate) fn with_rt<R>(f: impl FnOnce(&mut Runtime) -> R) -> R {
     RUNTIME.with(|r| {
         let mut b = r.borrow_mut();
@@ -201,11 +304,16 @@ impl Runtime {
             .and_then(|s| s.evaluate(&mut ctx))
             .expect("the guard prelude is valid JavaScript");
         let dom = crate::dom::install(&mut ctx);
+        lockdown(&mut ctx, &dom);
         let g = ctx.global_object();
         let baseline = g
             .own_property_keys(&mut ctx)
             .expect("own_property_keys of the global object")
             .into_iter()
+            .filter_map(|k| {
+                let d = g.borrow().properties().get(&k)?;
+                Some((k, d))
+            })
             .collect();
         Runtime {
             ctx,
@@ -239,7 +347,6 @@ impl Runtime {
                     doc: Arc::downgrade(doc),
                     compiled: vec![None; doc.exprs.len() * 4],
                     known,
-                    full_scan: doc.exprs.iter().any(|e| e.kind == ExprKind::Script),
                 },
             );
         }
@@ -262,7 +369,10 @@ impl Runtime {
     fn compile(&mut self, src: &str, mode: Mode) -> Compiled {
         let text = match mode {
             Mode::Value => format!("\"use strict\";(\n{}\n)", trim_expr(src)),
-            Mode::Script => src.to_string(),
+            Mode::Script => match crate::toplevel::hoist(src) {
+                Ok(text) => text.into_owned(),
+                Err(e) => return Compiled::Bad(e),
+            },
             Mode::Assign => format!("(function(__ors_v){{\"use strict\";(\n{src}\n) = __ors_v;}})"),
             Mode::Declare => {
                 if !is_identifier(src.trim()) {
@@ -297,7 +407,7 @@ impl Runtime {
         };
         let text = match mode {
             Mode::Value => format!("\"use strict\";(\n{src}\n)"),
-            Mode::Script => src.to_string(),
+            Mode::Script => crate::toplevel::hoist(src)?.into_owned(),
             _ => format!("(function(__ors_v){{\"use strict\";(\n{src}\n) = __ors_v;}})"),
         };
         Script::parse(Source::from_bytes(text.as_bytes()), None, &mut self.ctx)
@@ -443,31 +553,42 @@ impl Runtime {
         system: &[JsString],
     ) -> Vec<(JsString, JsValue)> {
         let g = self.ctx.global_object();
-        let (full, known) = {
-            let c = self.cache(doc);
-            (c.full_scan, c.known.clone())
-        };
-        let keys: Vec<PropertyKey> = if full {
-            g.own_property_keys(&mut self.ctx)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|k| !self.baseline.contains(k))
-                .collect()
-        } else {
-            let mut k: Vec<PropertyKey> = known.into_iter().map(PropertyKey::from).collect();
-            k.extend(system.iter().cloned().map(PropertyKey::from));
-            k.push(PropertyKey::from(js_string!("_event")));
-            k
-        };
+        // Every global that is not a built-in belongs to the session, whatever created it
+        // (`<data>`, `var`, an assignment, `globalThis.x = ...`, `defineProperty`).
+        let mut keys: Vec<PropertyKey> = g
+            .own_property_keys(&mut self.ctx)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|k| !self.baseline.contains_key(k))
+            .collect();
+        // A `<data>` named like a built-in replaced it for this session only.
+        let known: Vec<PropertyKey> = self
+            .cache(doc)
+            .known
+            .iter()
+            .map(|k| PropertyKey::from(k.clone()))
+            .collect();
+        let shadowed: Vec<PropertyKey> = known
+            .into_iter()
+            .filter(|k| self.baseline.contains_key(k))
+            .collect();
+        keys.extend(shadowed.iter().cloned());
         let mut out = Vec::new();
         for k in keys {
-            if !g
-                .has_own_property(k.clone(), &mut self.ctx)
-                .unwrap_or(false)
-            {
+            let value = g.get(k.clone(), &mut self.ctx).unwrap_or_default();
+            if let Some(original) = self.baseline.get(&k) {
+                if original
+                    .value()
+                    .is_some_and(|v| JsValue::same_value(v, &value))
+                {
+                    continue;
+                }
+                if let PropertyKey::String(name) = &k {
+                    out.push((name.clone(), value));
+                }
+                g.insert_property(k.clone(), original.clone());
                 continue;
             }
-            let value = g.get(k.clone(), &mut self.ctx).unwrap_or_default();
             let is_system = match &k {
                 PropertyKey::String(s) => system.contains(s) || *s == js_string!("_event"),
                 _ => false,
