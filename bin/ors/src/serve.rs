@@ -81,6 +81,7 @@ pub struct SessionsConfig {
     pub finished_retention_secs: Option<u64>,
     pub lease_ttl_ms: Option<u64>,
     pub hot_standby: Option<bool>,
+    pub quarantine_after_crashes: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +191,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .or(file.node_id.clone())
         .unwrap_or_else(|| "node1".into());
 
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let store_kind = args
         .store
         .clone()
@@ -281,6 +284,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .or(file.advertise_url.clone())
             .unwrap_or_else(|| format!("http://{local}")),
         hot_standby: ss.hot_standby.unwrap_or(d.hot_standby),
+        quarantine_after: ss.quarantine_after_crashes.unwrap_or(d.quarantine_after),
+        state_dir: Some(data_dir.clone()),
         data_center: args
             .data_center
             .clone()

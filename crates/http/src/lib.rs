@@ -159,6 +159,7 @@ fn runtime_error(e: RuntimeError) -> Response {
         RuntimeError::NotPrimary { .. } => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None)
         }
+        RuntimeError::Quarantined { .. } => error(StatusCode::CONFLICT, e.to_string(), None),
         RuntimeError::Store(m) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store unavailable: {m}"),

@@ -29,6 +29,11 @@ pub struct RuntimeConfig {
     /// takeover reads only what changed (hot standby). Off: a takeover reads every
     /// session from the store (warm standby).
     pub hot_standby: bool,
+    /// Where this process keeps its breadcrumb file (which session's code each worker
+    /// runs, read back after a crash); `None`: poison sessions are not detected.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Crashes in a row while a session's code ran after which it is quarantined.
+    pub quarantine_after: u32,
     /// Largest document (bytes) fetched or compiled.
     pub max_document_bytes: usize,
     /// How long fetching a document (or a BasicHTTP POST) may take.
@@ -71,6 +76,8 @@ impl Default for RuntimeConfig {
             advertise_url: String::new(),
             data_center: String::new(),
             hot_standby: false,
+            state_dir: None,
+            quarantine_after: 3,
             max_document_bytes: 4 << 20,
             fetch_timeout: Duration::from_secs(10),
             max_sessions: 1_000_000,

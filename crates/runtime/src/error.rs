@@ -36,6 +36,14 @@ pub enum RuntimeError {
         /// The primary's advertise URL.
         primary: Option<String>,
     },
+    /// The session crashed the process again and again and is never run again.
+    #[error("session {session} is quarantined: {reason}")]
+    Quarantined {
+        /// The session.
+        session: String,
+        /// Why.
+        reason: String,
+    },
     /// The store failed or refused a write.
     #[error("store unavailable: {0}")]
     Store(String),

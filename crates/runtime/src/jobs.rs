@@ -33,7 +33,8 @@ impl JobRunner {
 /// A job for a session that no longer exists has nothing left to do.
 fn gone_is_done(r: Result<(), RuntimeError>) -> Result<(), FireError> {
     match r {
-        Ok(()) | Err(RuntimeError::NotFound(_)) => Ok(()),
+        // A quarantined session's jobs are dropped with it: it never runs again.
+        Ok(()) | Err(RuntimeError::NotFound(_)) | Err(RuntimeError::Quarantined { .. }) => Ok(()),
         Err(e) => Err(FireError(e.to_string())),
     }
 }

@@ -20,6 +20,7 @@ mod error;
 mod jobs;
 mod nodes;
 mod persist;
+mod quarantine;
 mod recovery;
 mod standby;
 mod worker;
@@ -63,6 +64,10 @@ pub struct QueryResult {
     pub datamodel: Value,
     /// Whether the session has ended.
     pub done: bool,
+    /// Why the session is quarantined (it crashed the process again and again and is
+    /// never run again; its stored state is kept). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
 }
 
 /// A `<response>` to a `/request`.
@@ -157,6 +162,11 @@ pub(crate) struct Shared {
     feed: standby::Feed,
     /// The node's sessions as followed from the primary (when a hot-standby backup).
     standby: standby::Standby,
+    /// The workers' breadcrumb file (see `quarantine.rs`), if there is a state directory.
+    breadcrumbs: Option<Arc<std::fs::File>>,
+    /// Sessions whose code ran when this instance's previous process died: a crash is
+    /// counted against each when this process becomes primary.
+    suspects: Mutex<Vec<String>>,
     scheduler: ors_scheduler::Waker,
     /// The BasicHTTP processor's client.
     http: reqwest::Client,
@@ -271,6 +281,14 @@ impl Roles for RuntimeRoles {
     async fn became_primary(&self, token: u64) {
         let shared = &self.shared;
         shared.fence.store(token, Ordering::SeqCst);
+        // Before anything can run again (requests, timers, recovery): count the crash
+        // against the sessions that ran when this instance's previous process died (a
+        // handful at most: one per worker).
+        let suspects =
+            std::mem::take(&mut *shared.suspects.lock().unwrap_or_else(|p| p.into_inner()));
+        for sid in suspects {
+            quarantine::strike(shared, &sid).await;
+        }
         shared.primary.store(true, Ordering::SeqCst);
         // Recovery: every session this node owns is reloaded (and told session.recovered
         // where its document asks); requests meanwhile load sessions on demand. The
@@ -359,6 +377,29 @@ impl Runtime {
             cfg.max_document_bytes,
             cfg.fetch_timeout,
         );
+        // Poison sessions: what ran when this instance's previous process died.
+        let (breadcrumbs, suspects) = match &cfg.state_dir {
+            Some(dir) => {
+                let path = quarantine::path(dir, &cfg.node_id, &cfg.instance);
+                let suspects = quarantine::take_suspects(&path);
+                if !suspects.is_empty() {
+                    tracing::warn!(
+                        ?suspects,
+                        "the previous process of this instance died while these sessions ran"
+                    );
+                }
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        RuntimeError::Internal(format!("cannot open {}: {e}", path.display()))
+                    })?;
+                (Some(Arc::new(file)), suspects)
+            }
+            None => (None, Vec::new()),
+        };
         let shared = Arc::new(Shared {
             http: reqwest::Client::builder()
                 .timeout(cfg.fetch_timeout)
@@ -375,6 +416,8 @@ impl Runtime {
             recovery: Default::default(),
             feed: Default::default(),
             standby: Default::default(),
+            breadcrumbs,
+            suspects: Mutex::new(suspects),
             finished: FinishedSessions {
                 retention: finished_retention,
                 ended: Mutex::default(),
@@ -642,7 +685,14 @@ impl Runtime {
                 reply: tx,
             },
         )?;
-        rx.await.map_err(|_| RuntimeError::ShuttingDown)?
+        match rx.await.map_err(|_| RuntimeError::ShuttingDown)? {
+            Err(RuntimeError::Quarantined { reason, .. }) => Ok(QueryResult {
+                quarantined: Some(reason),
+                done: false,
+                ..QueryResult::finished(sid, Vec::new())
+            }),
+            r => r,
+        }
     }
 
     /// Ends the session (as `<cancel>` of an invoked child would); returns once durable.
@@ -697,6 +747,7 @@ impl QueryResult {
             active_states: Vec::new(),
             datamodel: Value::Null,
             done: true,
+            quarantined: None,
         }
     }
 }

@@ -22,6 +22,17 @@ pub(crate) struct StoredSession {
     /// `invokeid` -> child session.
     pub children: BTreeMap<String, String>,
     pub persist: bool,
+    /// Crashes of the process while this session's code ran, since its last completed
+    /// macrostep (see `quarantine.rs`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crashes: u32,
+    /// Why the session is quarantined: it is never run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl StoredSession {
@@ -33,6 +44,9 @@ impl StoredSession {
             parent: h.parent.clone().map(|p| (p.session, p.invokeid)),
             children: h.children.clone(),
             persist: true,
+            // Written after a completed macrostep: any run of crashes is over.
+            crashes: 0,
+            quarantined: None,
         };
         serde_json::to_vec(&stored).map_err(|e| e.to_string())
     }

@@ -15,6 +15,9 @@ pub struct Server {
     pub docs: PathBuf,
     extra: Vec<String>,
     config: PathBuf,
+    /// `ulimit -v` for the process, in KiB: a script's runaway allocation then fails
+    /// (and aborts the process) long before it could hurt the machine.
+    memory_limit_kib: Option<u64>,
 }
 
 pub fn docs_dir() -> tempfile::TempDir {
@@ -34,13 +37,53 @@ impl Server {
             docs: docs.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             config: cfg,
+            memory_limit_kib: None,
         };
         s.spawn();
         s
     }
 
+    /// The same, with the process's address space limited to `kib` KiB.
+    pub fn start_limited(
+        data: &Path,
+        docs: &Path,
+        config: &str,
+        extra: &[&str],
+        kib: u64,
+    ) -> Server {
+        let mut s = Server::start(data, docs, config, extra);
+        s.kill9();
+        s.memory_limit_kib = Some(kib);
+        s.spawn();
+        s
+    }
+
+    fn command(&self) -> Command {
+        match self.memory_limit_kib {
+            None => Command::new(env!("CARGO_BIN_EXE_ors")),
+            Some(kib) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -v {kib} && exec \"$0\" \"$@\"")])
+                    .arg(env!("CARGO_BIN_EXE_ors"));
+                c
+            }
+        }
+    }
+
+    /// Whether the process has exited on its own (crashed), and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Starts the process again after it exited.
+    pub fn respawn(&mut self) {
+        self.child = None;
+        self.spawn();
+    }
+
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ors"))
+        let mut child = self
+            .command()
             .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.data)

@@ -81,6 +81,7 @@ impl Worker {
                             active_states: h.session.active_states(),
                             datamodel: h.session.datamodel_json().unwrap_or(Value::Null),
                             done: h.session.is_done(),
+                            quarantined: None,
                         })
                     }
                     Err(e) => match self.shared.finished.get(&sid) {

@@ -133,10 +133,14 @@ pub(crate) fn run(shared: Arc<Shared>, me: usize, mut inbox: Inbox, main: tokio:
     let workers = shared.workers.count();
     let node = shared.cfg.node_id.clone();
     let ids = shared.clone();
-    let host = SessionHost::new(
+    let mut host = SessionHost::new(
         Box::new(move |sid| owner_node(sid) == Some(node.as_str()) && shard_of(sid, workers) == me),
         Box::new(move || ids.new_session_id()),
     );
+    if let Some(file) = shared.breadcrumbs.clone() {
+        let crumb = crate::quarantine::Breadcrumb::new(file, me);
+        host.set_probe(Box::new(move |sid| crumb.set(sid)));
+    }
     let mut w = Worker {
         shared,
         me,

@@ -68,6 +68,12 @@ impl Worker {
         let stored = StoredSession::decode(&rec.snapshot).map_err(|e| {
             RuntimeError::Internal(format!("session {sid} has a corrupt snapshot: {e}"))
         })?;
+        if let Some(reason) = stored.quarantined {
+            return Err(RuntimeError::Quarantined {
+                session: sid.to_string(),
+                reason,
+            });
+        }
         let doc = self.shared.docs.get(&rec.document).await?;
         let dm = self.datamodel(sid, &doc);
         let session = Session::restore(doc, dm, &stored.snapshot).map_err(|e| {

@@ -187,7 +187,12 @@ pub struct SessionHost<M> {
     changed: Vec<String>,
     holds: Holds,
     new_session_id: NewSessionId,
+    probe: Option<Probe>,
 }
+
+/// Told which session's code is about to run (`Some`) and when it is done (`None`); see
+/// [`SessionHost::set_probe`].
+pub type Probe = Box<dyn FnMut(Option<&str>)>;
 
 impl<M> SessionHost<M> {
     /// `holds` says which session ids are this host's (all of them, for a host alone in
@@ -202,6 +207,20 @@ impl<M> SessionHost<M> {
             changed: Vec::new(),
             holds,
             new_session_id,
+            probe: None,
+        }
+    }
+
+    /// Installs a probe that is told, around every call into a session's code (its start,
+    /// a macrostep, its cancellation), which session runs. An embedder uses it to know,
+    /// after a crash, which session was running (a crash inside a script cannot be caught).
+    pub fn set_probe(&mut self, probe: Probe) {
+        self.probe = Some(probe);
+    }
+
+    fn probe(&mut self, sid: Option<&str>) {
+        if let Some(p) = self.probe.as_mut() {
+            p(sid);
         }
     }
 
@@ -267,7 +286,9 @@ impl<M> SessionHost<M> {
             self.awaiting.remove(&sid);
             return false;
         }
+        self.probe(Some(&sid));
         let effects = session.start(now_ms, params);
+        self.probe(None);
         self.sessions.insert(
             sid.clone(),
             Hosted {
@@ -398,7 +419,11 @@ impl<M> SessionHost<M> {
         if !h.session.is_running() {
             return true;
         }
+        if let Some(p) = self.probe.as_mut() {
+            p(Some(sid));
+        }
         let effects = h.session.cancel(now_ms);
+        self.probe(None);
         self.changed.push(sid.to_string());
         self.apply_with_reason(sid, effects, Some(CANCELLED.to_string()));
         true
@@ -418,8 +443,12 @@ impl<M> SessionHost<M> {
             if h.session.queued() == 0 {
                 continue;
             }
+            if let Some(p) = self.probe.as_mut() {
+                p(Some(&sid));
+            }
             let effects = h.session.step(now_ms);
             let more = h.session.queued() > 0 && h.session.is_running();
+            self.probe(None);
             steps += 1;
             self.changed.push(sid.clone());
             self.apply(&sid, effects);

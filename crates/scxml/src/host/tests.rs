@@ -377,3 +377,23 @@ fn terminating_a_session_ends_it_as_cancelled() {
         Err(PushError::NotHere)
     );
 }
+
+#[test]
+fn the_probe_is_told_which_session_runs_and_when_it_is_done() {
+    let seen: Rc<std::cell::RefCell<Vec<Option<String>>>> = Rc::default();
+    let mut rig = Rig::new();
+    let log = seen.clone();
+    rig.host.set_probe(Box::new(move |sid| {
+        log.borrow_mut().push(sid.map(str::to_string))
+    }));
+    let d = doc(r#"<state id="s"><transition event="go" target="s"/></state>"#);
+    rig.start("here-a", &d);
+    rig.push("here-a", "go");
+    rig.host.cancel("here-a", 0);
+    let seen = seen.borrow();
+    // Start, its first macrostep, the event's macrostep, the cancellation: each bracketed.
+    assert!(seen.len() >= 6 && seen.len().is_multiple_of(2), "{seen:?}");
+    for pair in seen.chunks(2) {
+        assert_eq!(pair, [Some("here-a".to_string()), None]);
+    }
+}
