@@ -653,3 +653,89 @@ async fn a_sessions_top_level_let_is_not_seen_by_other_sessions() {
     assert_eq!(st, 200);
     assert_eq!(query(&c, &s, &a).await.1["datamodel"]["seen"], "A-secret");
 }
+
+/// `Idempotency-Key`: retried starts and events (also after the process died and came
+/// back) are applied once and get the first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_with_an_idempotency_key_apply_once() {
+    let (_tmp, mut s) = setup(FAST, &[]);
+    let c = client();
+    let keyed_start = |key: &'static str| {
+        let c = c.clone();
+        let url = format!("{}/scxml/session/start", s.url);
+        async move {
+            let r = c
+                .post(url)
+                .header("Idempotency-Key", key)
+                .form(&[("src", "counter.scxml")])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["sessionid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let sid = keyed_start("start-1").await;
+    assert_eq!(
+        keyed_start("start-1").await,
+        sid,
+        "a retried start finds the session"
+    );
+    assert_ne!(
+        keyed_start("start-2").await,
+        sid,
+        "another key, another session"
+    );
+    let inc = |key: &'static str| {
+        let c = c.clone();
+        let url = format!("{}/scxml/session/{sid}/event/inc", s.url);
+        async move {
+            let r = c
+                .post(url)
+                .header("Idempotency-Key", key)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(inc("event-1").await, 200);
+    }
+    assert_eq!(inc("event-2").await, 200);
+    assert_eq!(query(&c, &s, &sid).await.1["datamodel"]["n"], 2);
+    // The keys are durable with the session: after kill -9 a retry is still recognised.
+    s.restart();
+    let (st, _) = post(&c, &format!("{}/scxml/session/{sid}/query", s.url), &[]).await;
+    assert_eq!(st, 200);
+    let retry = c
+        .post(format!("{}/scxml/session/{sid}/event/inc", s.url))
+        .header("Idempotency-Key", "event-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 200);
+    assert_eq!(query(&c, &s, &sid).await.1["datamodel"]["n"], 2);
+    let again = c
+        .post(format!("{}/scxml/session/start", s.url))
+        .header("Idempotency-Key", "start-1")
+        .form(&[("src", "counter.scxml")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["sessionid"],
+        sid.as_str()
+    );
+    // A key that cannot be one is refused.
+    let bad = c
+        .post(format!("{}/scxml/session/{sid}/event/inc", s.url))
+        .header("Idempotency-Key", "has space")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}

@@ -124,6 +124,16 @@ fn error(status: StatusCode, message: String, extra: Option<Value>) -> Response 
     (status, axum::Json(body)).into_response()
 }
 
+/// The `Idempotency-Key` header, if any.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, RuntimeError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v.to_str().map(|k| Some(k.to_string())).map_err(|_| {
+            RuntimeError::BadRequest("the Idempotency-Key header is not ASCII".into())
+        }),
+    }
+}
+
 fn runtime_error(e: RuntimeError) -> Response {
     metrics::counter!("ors_http_errors_total").increment(1);
     match e {
@@ -257,6 +267,7 @@ async fn start(State(s): State<AppState>, headers: HeaderMap, uri: Uri, body: By
             src,
             params: p,
             idealtime,
+            idempotency_key: idempotency_key(&headers)?,
         })
         .await
     }
@@ -281,7 +292,8 @@ async fn event(
     let t = Instant::now();
     let r = async {
         let p = params(&headers, &uri, &body)?;
-        s.rt.send_event(&id, Event::external(name.clone(), event_data(p)))
+        let key = idempotency_key(&headers)?;
+        s.rt.send_event_once(&id, Event::external(name.clone(), event_data(p)), key)
             .await
     }
     .await;

@@ -17,6 +17,7 @@ mod basichttp;
 mod config;
 mod documents;
 mod error;
+mod idempotency;
 mod jobs;
 mod nodes;
 mod persist;
@@ -91,6 +92,10 @@ pub struct StartRequest {
     pub params: Vec<(String, Value)>,
     /// Epoch milliseconds: a scheduled start.
     pub idealtime: Option<u64>,
+    /// The client's `Idempotency-Key`: the session's id is derived from it (and `src`),
+    /// so a retried start finds the session of the first attempt instead of starting
+    /// another.
+    pub idempotency_key: Option<String>,
 }
 
 /// `/request` calls waiting for their session's `<response>`, by request id.
@@ -582,8 +587,26 @@ impl Runtime {
                 self.shared.cfg.max_sessions
             )));
         }
+        let sid = match &req.idempotency_key {
+            Some(k) if !idempotency::valid(k) => {
+                return Err(RuntimeError::BadRequest(format!(
+                    "an Idempotency-Key is 1 to {} printable ASCII characters",
+                    idempotency::MAX_KEY_LEN
+                )));
+            }
+            Some(k) => {
+                let sid = idempotency::session_id(&self.shared.cfg.node_id, k, &req.src);
+                // A retry: the first attempt's session exists (or ended already).
+                if self.shared.finished.get(&sid).is_some()
+                    || self.shared.store.read_session(&sid).await?.is_some()
+                {
+                    return Ok(sid);
+                }
+                sid
+            }
+            None => self.shared.new_session_id(),
+        };
         let (document, doc) = self.shared.docs.load(&req.src).await?;
-        let sid = self.shared.new_session_id();
         let allowance = self.shared.cfg.schedule_allowance.as_millis() as u64;
         if let Some(at) = req.idealtime
             && at > now_ms() + allowance
@@ -624,7 +647,27 @@ impl Runtime {
 
     /// Queues an event; returns once its macrostep ran and the result is durable.
     pub async fn send_event(&self, sid: &str, event: Event) -> Result<(), RuntimeError> {
+        self.send_event_once(sid, event, None).await
+    }
+
+    /// [`Runtime::send_event`] with the client's `Idempotency-Key`: if the session already
+    /// ran an event with this key (a retry after a timeout or failover), it is not run
+    /// again and the answer is the same.
+    pub async fn send_event_once(
+        &self,
+        sid: &str,
+        event: Event,
+        key: Option<String>,
+    ) -> Result<(), RuntimeError> {
         self.shared.check_owner(sid)?;
+        if let Some(k) = &key
+            && !idempotency::valid(k)
+        {
+            return Err(RuntimeError::BadRequest(format!(
+                "an Idempotency-Key is 1 to {} printable ASCII characters",
+                idempotency::MAX_KEY_LEN
+            )));
+        }
         if event.name.is_empty() || event.name.split('.').any(str::is_empty) {
             return Err(RuntimeError::BadRequest(format!(
                 "\"{}\" is not a valid event name",
@@ -637,6 +680,7 @@ impl Runtime {
             Command::Event {
                 sid: sid.to_string(),
                 event,
+                key,
                 reply: tx,
             },
         )?;

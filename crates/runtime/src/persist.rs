@@ -26,6 +26,9 @@ pub(crate) struct StoredSession {
     /// macrostep (see `quarantine.rs`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub crashes: u32,
+    /// Idempotency keys of the events it ran recently, with when (see `idempotency.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<(String, u64)>,
     /// Why the session is quarantined: it is never run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<String>,
@@ -37,7 +40,7 @@ fn is_zero(n: &u32) -> bool {
 
 impl StoredSession {
     /// The bytes of a session (only persisted sessions are stored, so `persist` is true).
-    pub fn of<M>(h: &mut Hosted<M>) -> Result<Vec<u8>, String> {
+    pub fn of<M>(h: &mut Hosted<M>, keys: Vec<(String, u64)>) -> Result<Vec<u8>, String> {
         let snapshot = h.session.snapshot().map_err(|e| e.to_string())?;
         let stored = StoredSession {
             snapshot,
@@ -46,6 +49,7 @@ impl StoredSession {
             persist: true,
             // Written after a completed macrostep: any run of crashes is over.
             crashes: 0,
+            keys,
             quarantined: None,
         };
         serde_json::to_vec(&stored).map_err(|e| e.to_string())

@@ -21,20 +21,43 @@ impl Worker {
                 parent,
                 reply,
             } => {
+                if self.host.contains(&sid) {
+                    // A retried keyed start while the first is in memory: same session.
+                    if let Some(r) = reply {
+                        batch.acks.push((sid, r));
+                    }
+                    return;
+                }
                 self.start(sid.clone(), doc, document, &params, parent, batch);
                 if let Some(r) = reply {
                     batch.acks.push((sid, r));
                 }
             }
-            Command::Event { sid, event, reply } => {
+            Command::Event {
+                sid,
+                event,
+                key,
+                reply,
+            } => {
                 if let Err(e) = self.ensure_loaded(&sid).await {
                     let _ = reply.send(Err(self.explain(&sid, e)));
+                    return;
+                }
+                if let Some(k) = &key
+                    && self.host.get(&sid).is_some_and(|h| h.meta.keys.contains(k))
+                {
+                    // A retry: the event ran (its key is recorded with it, or will be in
+                    // this batch's write). Answered once that is durable.
+                    batch.acks.push((sid, reply));
                     return;
                 }
                 match self.host.push(&sid, event) {
                     Ok(()) => {
                         if let Some(h) = self.host.get_mut(&sid) {
                             h.meta.last_active = Instant::now();
+                            if let Some(k) = key {
+                                h.meta.keys.add(k, now_ms());
+                            }
                         }
                         batch.acks.push((sid, reply));
                     }

@@ -47,6 +47,9 @@ pub(crate) enum Command {
     Event {
         sid: String,
         event: Event,
+        /// The client's `Idempotency-Key`: an event whose key the session holds is not
+        /// run again.
+        key: Option<String>,
         reply: Reply<()>,
     },
     /// An event from session `from` (on another worker) to `to`.
@@ -96,6 +99,8 @@ pub(crate) struct Slot {
     version: Option<u64>,
     persist: bool,
     last_active: Instant,
+    /// Idempotency keys of the events it ran recently.
+    keys: crate::idempotency::RecentKeys,
 }
 
 /// What a batch produced that waits for its durable write. Work for elsewhere is tagged
@@ -286,7 +291,8 @@ impl Worker {
             if !h.meta.persist {
                 continue;
             }
-            match StoredSession::of(h) {
+            let keys = h.meta.keys.to_stored();
+            match StoredSession::of(h, keys) {
                 Ok(bytes) => batch.plan.snapshots.push(SnapshotWrite {
                     document: h.meta.document.clone(),
                     expected: h.meta.version,

@@ -88,6 +88,7 @@ impl Worker {
                 version: Some(rec.version),
                 persist: stored.persist,
                 last_active: Instant::now(),
+                keys: crate::idempotency::RecentKeys::from_stored(stored.keys),
             },
         })
     }
@@ -142,6 +143,7 @@ impl Worker {
             version: None,
             persist: doc.persist.unwrap_or(self.shared.cfg.persistence_default),
             last_active: Instant::now(),
+            keys: Default::default(),
         };
         if self.host.start(session, params, parent, slot, now_ms())
             && let Some(life) = self.shared.cfg.max_session_lifetime
