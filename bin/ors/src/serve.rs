@@ -88,6 +88,9 @@ pub struct SessionsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
     pub heartbeat_backup_status: Option<u16>,
+    pub tokens_file: Option<PathBuf>,
+    pub auth_heartbeat: Option<bool>,
+    pub auth_metrics: Option<bool>,
     pub cookie: Option<String>,
     pub request_timeout_secs: Option<u64>,
 }
@@ -125,6 +128,11 @@ pub struct ServeArgs {
     /// This process's data center, listed in the cluster's membership.
     #[arg(long, env = "ORS_DATA_CENTER")]
     pub data_center: Option<String>,
+    /// A file of bearer tokens (one per line) the API requires; the first is also what
+    /// this process presents to the other processes of its cluster. Tokens can also come
+    /// from `ORS_API_TOKENS` (comma-separated).
+    #[arg(long, env = "ORS_API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
     /// `embedded`, `redis` or `cassandra`.
     #[arg(long, env = "ORS_STORE")]
     pub store: Option<String>,
@@ -308,6 +316,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..d
     };
+    let tokens = api_tokens(&args, &file)?;
+    if tokens.is_empty() && !local.ip().is_loopback() {
+        tracing::warn!(%local, "the API listens beyond this machine without authentication: set --api-tokens-file or ORS_API_TOKENS, or put an authenticating proxy in front");
+    }
+    let rcfg = ors_runtime::RuntimeConfig {
+        peer_token: tokens.first().cloned(),
+        ..rcfg
+    };
     let hd = ors_http::HttpConfig::default();
     let hcfg = ors_http::HttpConfig {
         max_body_bytes: l.max_body_bytes.unwrap_or(hd.max_body_bytes),
@@ -320,6 +336,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(hd.heartbeat_backup_status),
         cookie: file.http.cookie.clone().unwrap_or(hd.cookie),
         request_timeout: secs(file.http.request_timeout_secs).unwrap_or(hd.request_timeout),
+        auth: ors_http::ApiAuth::new(
+            tokens,
+            file.http.auth_heartbeat.unwrap_or(false),
+            file.http.auth_metrics.unwrap_or(true),
+        )
+        .map(Arc::new),
     };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -339,6 +361,38 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rt.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The API's bearer tokens, in order: the tokens file's lines (blank lines and `#`
+/// comments skipped), then `ORS_API_TOKENS` (comma-separated).
+fn api_tokens(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Vec<String>> {
+    let mut tokens = Vec::new();
+    if let Some(path) = args
+        .api_tokens_file
+        .as_ref()
+        .or(file.http.tokens_file.as_ref())
+    {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the API tokens file {}", path.display()))?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+        if tokens.is_empty() {
+            anyhow::bail!("the API tokens file {} has no token", path.display());
+        }
+    }
+    if let Ok(env) = std::env::var("ORS_API_TOKENS") {
+        tokens.extend(
+            env.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from),
+        );
+    }
+    Ok(tokens)
 }
 
 fn cassandra_config(args: &ServeArgs, s: &StoreConfig) -> ors_store_cassandra::CassandraConfig {

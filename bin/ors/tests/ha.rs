@@ -703,3 +703,77 @@ async fn a_hot_standby_takes_over_from_memory_and_reads_only_what_it_missed() {
         "{standby} from memory, {store} read"
     );
 }
+
+/// With API tokens the cluster still talks to itself (events between nodes, a hot
+/// standby's polls: both fail without the peer token), and nobody else gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_requires_tokens_still_talks_to_itself() {
+    let rig = Rig::new(&[("pinger.scxml", PINGER), ("ponger.scxml", PONGER)]);
+    let tokens = rig.tmp.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "# the cluster's token first\ns3cret-peer\ns3cret-client\n",
+    )
+    .unwrap();
+    let t = tokens.to_str().unwrap();
+    let hot = format!("{CONFIG}hot_standby = true\n");
+    let auth = ["--api-tokens-file", t];
+    let one = rig.serve("1", CONFIG, &[&auth[..], &["--node-id", "node1"]].concat());
+    let mut two_a = rig.serve(
+        "2a",
+        &hot,
+        &[&auth[..], &["--node-id", "node2", "--instance", "a"]].concat(),
+    );
+    let two_b = rig.serve(
+        "2b",
+        &hot,
+        &[&auth[..], &["--node-id", "node2", "--instance", "b"]].concat(),
+    );
+    // Nobody else gets in: no token, a wrong one; the heartbeat stays open.
+    let anonymous = no_redirects();
+    let (st, _) = post(
+        &anonymous,
+        &format!("{}/scxml/session/start", one.url),
+        &[("src", "ponger.scxml")],
+    )
+    .await;
+    assert_eq!(st, 401);
+    assert_eq!(
+        get(&anonymous, &format!("{}/cluster/members", one.url))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        get(&anonymous, &format!("{}/cluster/changes", two_a.url))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(heartbeat(&anonymous, &one).await.0, 200);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", "Bearer s3cret-client".parse().unwrap());
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Node1's session pings node2's: the peer token goes along.
+    let ponger = start(&c, &two_a, "ponger.scxml", &[]).await;
+    let pinger = start(&c, &one, "pinger.scxml", &[("peer", &ponger)]).await;
+    wait_for(&c, &one, &pinger, 10, |_, q| q["datamodel"]["pongs"] == 1).await;
+    // The hot standby follows with the token, and takes over from memory.
+    let t0 = Instant::now();
+    while heartbeat(&c, &two_b).await.1["following"] != 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            heartbeat(&c, &two_b).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    two_a.kill9();
+    until_primary(&c, &two_b, 10).await;
+    assert_eq!(query(&c, &two_b, &ponger).await.1["datamodel"]["pings"], 1);
+}

@@ -739,3 +739,47 @@ async fn retries_with_an_idempotency_key_apply_once() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+/// With a tokens file the API answers 401 (with `WWW-Authenticate: Bearer`) unless a
+/// request carries one of the tokens; `/heartbeat` stays open and `/metrics` does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_requires_a_bearer_token_when_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(&tokens, "first\n\n# a comment\nsecond\n").unwrap();
+    let (_t, s) = setup(FAST, &["--api-tokens-file", tokens.to_str().unwrap()]);
+    let c = client();
+    let start_with = |token: Option<&'static str>| {
+        let mut r = c
+            .post(format!("{}/scxml/session/start", s.url))
+            .form(&[("src", "counter.scxml")]);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move { r.send().await.unwrap() }
+    };
+    let r = start_with(None).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(start_with(Some("wrong")).await.status(), 401);
+    assert_eq!(start_with(Some("# a comment")).await.status(), 401);
+    let r = start_with(Some("second")).await;
+    assert_eq!(r.status(), 200);
+    let sid = r.json::<Value>().await.unwrap()["sessionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let q = format!("{}/scxml/session/{sid}/query", s.url);
+    assert_eq!(c.get(&q).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.get(&q)
+            .bearer_auth("first")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(get(&c, &format!("{}/heartbeat", s.url)).await.0, 200);
+    assert_eq!(get(&c, &format!("{}/metrics", s.url)).await.0, 401);
+}

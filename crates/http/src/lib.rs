@@ -4,6 +4,7 @@
 //! Cross-cutting concerns are tower layers (body size limit, overall timeout, load
 //! shedding, tracing); handlers only translate HTTP to runtime calls and back.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -33,6 +34,52 @@ pub struct HttpConfig {
     /// `Set-Cookie` value template; `{sessionid}` is replaced. Default
     /// `ORSSESSIONID={sessionid}; Path=/`.
     pub cookie: String,
+    /// Bearer tokens the API requires (`None`: no authentication).
+    pub auth: Option<Arc<ApiAuth>>,
+}
+
+/// Who may call the API: requests must carry `Authorization: Bearer <token>` with one of
+/// the tokens, or get `401`. `/cluster/watch` (it carries nothing) is always open;
+/// `/heartbeat` and `/metrics` as configured.
+#[derive(Debug)]
+pub struct ApiAuth {
+    tokens: std::collections::HashSet<String>,
+    /// `/heartbeat` needs a token too (load balancers then must send one).
+    pub heartbeat: bool,
+    /// `/metrics` needs a token too.
+    pub metrics: bool,
+}
+
+impl ApiAuth {
+    /// Authentication with `tokens` (blank ones are ignored); `None` if there are none.
+    pub fn new(
+        tokens: impl IntoIterator<Item = String>,
+        heartbeat: bool,
+        metrics: bool,
+    ) -> Option<ApiAuth> {
+        let tokens: std::collections::HashSet<String> = tokens
+            .into_iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        (!tokens.is_empty()).then_some(ApiAuth {
+            tokens,
+            heartbeat,
+            metrics,
+        })
+    }
+
+    /// Whether a request for `path` with these headers may go on.
+    fn allows(&self, path: &str, headers: &HeaderMap) -> bool {
+        let open = path == ors_cluster::WATCH_PATH
+            || (path == "/heartbeat" && !self.heartbeat)
+            || (path == "/metrics" && !self.metrics);
+        open || headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| self.tokens.contains(t.trim()))
+    }
 }
 
 impl Default for HttpConfig {
@@ -43,6 +90,7 @@ impl Default for HttpConfig {
             max_concurrent_requests: 4096,
             heartbeat_backup_status: 503,
             cookie: "ORSSESSIONID={sessionid}; Path=/".into(),
+            auth: None,
         }
     }
 }
@@ -113,7 +161,34 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         .route("/cluster/members", get(members))
         .route("/cluster/changes", get(changes))
         .route(ors_cluster::WATCH_PATH, get(watch))
+        // Outermost: nothing answers an unauthenticated request, not even with a 307.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
+}
+
+/// `401` for a request without a valid bearer token when the API requires one.
+async fn require_token(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match &s.cfg.auth {
+        Some(auth) if !auth.allows(req.uri().path(), req.headers()) => {
+            metrics::counter!("ors_http_unauthorized_total").increment(1);
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required (Authorization: Bearer <token>)".into(),
+                None,
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        _ => next.run(req).await,
+    }
 }
 
 fn error(status: StatusCode, message: String, extra: Option<Value>) -> Response {

@@ -34,6 +34,9 @@ pub struct RuntimeConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// Crashes in a row while a session's code ran after which it is quarantined.
     pub quarantine_after: u32,
+    /// The bearer token this process presents to the other processes of the cluster
+    /// (events between nodes, a hot standby's polls) when their API requires one.
+    pub peer_token: Option<String>,
     /// Largest document (bytes) fetched or compiled.
     pub max_document_bytes: usize,
     /// How long fetching a document (or a BasicHTTP POST) may take.
@@ -78,6 +81,7 @@ impl Default for RuntimeConfig {
             hot_standby: false,
             state_dir: None,
             quarantine_after: 3,
+            peer_token: None,
             max_document_bytes: 4 << 20,
             fetch_timeout: Duration::from_secs(10),
             max_sessions: 1_000_000,

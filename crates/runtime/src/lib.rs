@@ -175,6 +175,10 @@ pub(crate) struct Shared {
     scheduler: ors_scheduler::Waker,
     /// The BasicHTTP processor's client.
     http: reqwest::Client,
+    /// The client for other processes of the cluster (events between nodes, a hot
+    /// standby's polls): it follows no redirect on its own, so the peer token is never
+    /// sent anywhere but to a peer (see [`Shared::peer_request`]).
+    peer_http: reqwest::Client,
     next_id: AtomicU64,
 }
 
@@ -209,6 +213,16 @@ impl Shared {
     /// serve.
     fn holds_lease(&self) -> bool {
         self.is_primary() && self.cluster.get().is_none_or(|c| c.holds_lease())
+    }
+
+    /// A request to another process of the cluster, with this process's peer token when
+    /// the API requires one.
+    fn peer_request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let r = self.peer_http.request(method, url);
+        match &self.cfg.peer_token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
     }
 
     /// The store fenced a write carrying `token`: another process holds the node's lease.
@@ -408,6 +422,11 @@ impl Runtime {
         let shared = Arc::new(Shared {
             http: reqwest::Client::builder()
                 .timeout(cfg.fetch_timeout)
+                .build()
+                .map_err(|e| RuntimeError::Internal(e.to_string()))?,
+            peer_http: reqwest::Client::builder()
+                .timeout(cfg.fetch_timeout)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| RuntimeError::Internal(e.to_string()))?,
             cfg,

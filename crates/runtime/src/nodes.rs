@@ -36,15 +36,29 @@ async fn post(shared: &Shared, to: &str, event: &Event) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("node {node} of session {to} has no primary"))?;
-    let target = format!("{}{}", url.trim_end_matches('/'), deliver_path(to));
-    // reqwest follows a 307 (to the node's primary) with the same method and body.
-    let r = shared
-        .http
-        .post(&target)
-        .json(event)
-        .send()
-        .await
-        .map_err(|e| format!("POST {target} failed: {e}"))?;
+    let mut target = format!("{}{}", url.trim_end_matches('/'), deliver_path(to));
+    // The node's address may answer 307 to its primary: followed here, a few hops at
+    // most, so the peer token goes only to the cluster's own processes.
+    let mut hops = 0;
+    let r = loop {
+        let r = shared
+            .peer_request(reqwest::Method::POST, &target)
+            .json(event)
+            .send()
+            .await
+            .map_err(|e| format!("POST {target} failed: {e}"))?;
+        let location = r
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok());
+        match location {
+            Some(l) if r.status() == reqwest::StatusCode::TEMPORARY_REDIRECT && hops < 3 => {
+                target = l.to_string();
+                hops += 1;
+            }
+            _ => break r,
+        }
+    };
     if r.status().is_success() {
         Ok(())
     } else {

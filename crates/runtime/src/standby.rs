@@ -378,8 +378,7 @@ pub(crate) async fn follow(shared: Arc<Shared>) {
         let url = format!("{primary}/cluster/changes?term={term}&since={since}");
         let answer = async {
             let r = shared
-                .http
-                .get(&url)
+                .peer_request(reqwest::Method::GET, &url)
                 .timeout(POLL_WAIT + Duration::from_secs(5))
                 .send()
                 .await
