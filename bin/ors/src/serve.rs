@@ -90,6 +90,7 @@ pub struct HttpSection {
     pub heartbeat_backup_status: Option<u16>,
     pub tokens_file: Option<PathBuf>,
     pub auth_heartbeat: Option<bool>,
+    pub outbound_allow: Option<Vec<String>>,
     pub auth_metrics: Option<bool>,
     pub cookie: Option<String>,
     pub request_timeout_secs: Option<u64>,
@@ -320,8 +321,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if tokens.is_empty() && !local.ip().is_loopback() {
         tracing::warn!(%local, "the API listens beyond this machine without authentication: set --api-tokens-file or ORS_API_TOKENS, or put an authenticating proxy in front");
     }
+    let outbound = ors_runtime::outbound::OutboundPolicy::parse(
+        file.http.outbound_allow.as_deref().unwrap_or_default(),
+    )
+    .map_err(|e| anyhow::anyhow!("http.outbound_allow: {e}"))?;
     let rcfg = ors_runtime::RuntimeConfig {
         peer_token: tokens.first().cloned(),
+        outbound: Arc::new(outbound),
         ..rcfg
     };
     let hd = ors_http::HttpConfig::default();

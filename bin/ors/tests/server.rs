@@ -462,7 +462,9 @@ async fn lifetime_limit_and_session_limit(extra: &[&str]) {
 /// A document fetched over HTTP is stored with the session: after the URL is gone and the
 /// node restarts, the session is restored from the stored copy.
 async fn http_documents_outlive_their_url(extra: &[&str]) {
-    let (tmp, mut s) = setup(FAST, extra);
+    // The document server is on loopback, which the outbound policy refuses unless told.
+    let config = format!("{FAST}[http]\noutbound_allow = [\"127.0.0.1\"]\n");
+    let (tmp, mut s) = setup(&config, extra);
     let port = ors_testsupport::free_port();
     let mut web = std::process::Command::new("python3")
         .args([
@@ -782,4 +784,67 @@ async fn the_api_requires_a_bearer_token_when_configured() {
     );
     assert_eq!(get(&c, &format!("{}/heartbeat", s.url)).await.0, 200);
     assert_eq!(get(&c, &format!("{}/metrics", s.url)).await.0, 401);
+}
+
+/// A document cannot make the server connect to its own network: fetching a document
+/// from loopback and a BasicHTTP `<send>` to a link-local or private address are refused
+/// (unless `http.outbound_allow` says otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_requests_to_private_addresses_are_refused() {
+    const PROBE: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <datamodel><data id="errors" expr="0"/></datamodel>
+  <state id="s">
+    <transition event="probe">
+      <send type="http://www.w3.org/TR/scxml/#BasicHTTPEventProcessor" targetexpr="_event.data.url" event="x"/>
+    </transition>
+    <transition event="error.communication"><assign location="errors" expr="errors + 1"/></transition>
+  </state>
+</scxml>"#;
+    let (tmp, s) = setup(FAST, &[]);
+    std::fs::write(tmp.path().join("docs").join("probe.scxml"), PROBE).unwrap();
+    let c = client();
+    let (st, body) = post(
+        &c,
+        &format!("{}/scxml/session/start", s.url),
+        &[("src", "http://127.0.0.1:9/x.scxml")],
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.to_string().contains("outbound policy"), "{body}");
+    // A listener on loopback that counts who connects to it.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((_conn, _)) = sink.accept().await {
+            r.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let sid = start(&c, &s, "probe.scxml", &[]).await;
+    let by_name = format!("http://localhost:{sink_port}/");
+    let by_address = format!("http://127.0.0.1:{sink_port}/");
+    for (i, url) in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1:6379/",
+        by_name.as_str(),
+        by_address.as_str(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (st, _) = post(
+            &c,
+            &format!("{}/scxml/session/{sid}/event/probe", s.url),
+            &[("url", url)],
+        )
+        .await;
+        assert_eq!(st, 200);
+        wait_for(&c, &s, &sid, 10, |_, q| q["datamodel"]["errors"] == i + 1).await;
+    }
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "the loopback listener was reached"
+    );
 }

@@ -113,9 +113,11 @@ pub(crate) fn loopback(target: &str, event: &Event) -> Event {
 /// POSTs the event to `target`; the error says why it was not delivered.
 pub(crate) async fn post(
     client: &reqwest::Client,
+    outbound: &crate::outbound::OutboundPolicy,
     target: &str,
     event: &Event,
 ) -> Result<(), String> {
+    outbound.check(target)?;
     let req = client
         .post(target)
         .header("content-type", "application/x-www-form-urlencoded")

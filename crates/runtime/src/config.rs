@@ -34,6 +34,9 @@ pub struct RuntimeConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// Crashes in a row while a session's code ran after which it is quarantined.
     pub quarantine_after: u32,
+    /// Where documents may make this process connect (fetching `http(s)` documents,
+    /// BasicHTTP `<send>`s): public addresses unless it allows more.
+    pub outbound: std::sync::Arc<crate::outbound::OutboundPolicy>,
     /// The bearer token this process presents to the other processes of the cluster
     /// (events between nodes, a hot standby's polls) when their API requires one.
     pub peer_token: Option<String>,
@@ -82,6 +85,7 @@ impl Default for RuntimeConfig {
             state_dir: None,
             quarantine_after: 3,
             peer_token: None,
+            outbound: Default::default(),
             max_document_bytes: 4 << 20,
             fetch_timeout: Duration::from_secs(10),
             max_sessions: 1_000_000,

@@ -13,6 +13,8 @@ use ors_scxml::compile::{CompileOptions, Limits, Loader};
 use ors_scxml::model::{InvokeContent, StateId};
 use ors_scxml::{CompileError, Document};
 use ors_store::SessionStore;
+
+use crate::outbound::OutboundPolicy;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -29,6 +31,7 @@ pub(crate) struct Documents {
     store: Arc<dyn SessionStore>,
     dir: Option<PathBuf>,
     http: reqwest::Client,
+    outbound: Arc<OutboundPolicy>,
     max_bytes: usize,
     by_hash: Mutex<HashMap<String, Arc<Document>>>,
 }
@@ -61,8 +64,10 @@ impl Documents {
         dir: Option<PathBuf>,
         max_bytes: usize,
         timeout: Duration,
+        outbound: Arc<OutboundPolicy>,
     ) -> Self {
-        let http = reqwest::Client::builder()
+        let http = outbound
+            .client_builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
@@ -71,6 +76,7 @@ impl Documents {
             store,
             dir: dir.and_then(|d| d.canonicalize().ok()),
             http,
+            outbound,
             max_bytes,
             by_hash: Mutex::new(HashMap::new()),
         }
@@ -122,6 +128,9 @@ impl Documents {
 
     async fn fetch(&self, location: &str) -> Result<String, RuntimeError> {
         if location.starts_with("http://") || location.starts_with("https://") {
+            self.outbound
+                .check(location)
+                .map_err(|e| RuntimeError::BadRequest(format!("cannot fetch {e}")))?;
             let resp =
                 self.http.get(location).send().await.map_err(|e| {
                     RuntimeError::BadRequest(format!("cannot fetch {location}: {e}"))

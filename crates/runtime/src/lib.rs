@@ -20,6 +20,7 @@ mod error;
 mod idempotency;
 mod jobs;
 mod nodes;
+pub mod outbound;
 mod persist;
 mod quarantine;
 mod recovery;
@@ -395,6 +396,7 @@ impl Runtime {
             cfg.documents_dir.clone(),
             cfg.max_document_bytes,
             cfg.fetch_timeout,
+            cfg.outbound.clone(),
         );
         // Poison sessions: what ran when this instance's previous process died.
         let (breadcrumbs, suspects) = match &cfg.state_dir {
@@ -420,7 +422,9 @@ impl Runtime {
             None => (None, Vec::new()),
         };
         let shared = Arc::new(Shared {
-            http: reqwest::Client::builder()
+            http: cfg
+                .outbound
+                .client_builder()
                 .timeout(cfg.fetch_timeout)
                 .build()
                 .map_err(|e| RuntimeError::Internal(e.to_string()))?,

@@ -424,7 +424,9 @@ impl Worker {
             if !failed.contains_key(&from) {
                 let shared = self.shared.clone();
                 self.main.spawn(async move {
-                    if let Err(reason) = crate::basichttp::post(&shared.http, &target, &event).await
+                    if let Err(reason) =
+                        crate::basichttp::post(&shared.http, &shared.cfg.outbound, &target, &event)
+                            .await
                     {
                         tracing::info!(session = %from, "{reason}");
                         let cmd = Command::Undeliverable {
