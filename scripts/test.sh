@@ -2,7 +2,8 @@
 # Runs every test of the project: formatting, lints, the workspace's unit and integration
 # tests, and the W3C SCXML conformance suite. Installs what it needs on a fresh Debian
 # machine: npm (the W3C suite comes from npm into .w3c/, which git ignores),
-# redis-server and haproxy (tests start their own on free loopback ports).
+# redis-server and haproxy (tests start their own on free loopback ports), and
+# schemathesis from PyPI (the API fuzzing run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +65,14 @@ echo "== failovers in a row: 3 x kill -9 under load (exits 1 on any loss), and a
 cargo build --quiet -p ors -p ors-failover-bench -p ors-takeover-bench
 cargo run --quiet -p ors-failover-bench -- --ors "$ORS" --cycles 3 --lease-ms 1000
 cargo run --quiet -p ors-takeover-bench -- --ors "$ORS" --sessions 2000 --hot
+
+echo "== API fuzzing: schemathesis against the server's OpenAPI document"
+if ! command -v st >/dev/null; then
+  echo "   installing schemathesis from PyPI"
+  python3 -m pip install --quiet schemathesis 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages schemathesis
+fi
+scripts/api-fuzz.sh "$ORS"
 
 echo "== W3C SCXML IRP tests (ECMAScript datamodel), in-process, virtual time"
 echo "   (the BasicHTTP tests run through the server; the next run covers everything there)"

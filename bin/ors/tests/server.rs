@@ -848,3 +848,15 @@ async fn outbound_requests_to_private_addresses_are_refused() {
         "the loopback listener was reached"
     );
 }
+
+/// A session id whose node part is not a node id names no session: 404, not a 503 as if
+/// its node were down (found by schemathesis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_that_names_no_node_is_not_found() {
+    let (_tmp, s) = setup(FAST, &[]);
+    let c = client();
+    for id in ["%C3%94-M", "no-de-x", "-x", "nodash"] {
+        let (st, body) = get(&c, &format!("{}/scxml/session/{id}/query", s.url)).await;
+        assert_eq!(st, 404, "{id}: {body}");
+    }
+}

@@ -276,9 +276,12 @@ pub(crate) fn valid_node_id(node: &str) -> bool {
     !node.is_empty() && node.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The node a session id names (`<node>-<unique>`), if it is well formed.
+/// The node a session id names (`<node>-<unique>`), if it is well formed (a node id is
+/// letters, digits and `_`, so anything else names no session of any node).
 pub fn owner_node(sid: &str) -> Option<&str> {
-    sid.rsplit_once('-').map(|(node, _)| node)
+    sid.rsplit_once('-')
+        .map(|(node, _)| node)
+        .filter(|node| valid_node_id(node))
 }
 
 /// A handle to the running runtime; cheap to clone.
