@@ -6,6 +6,8 @@
 # Usage: scripts/api-fuzz.sh PATH-TO-ors
 set -euo pipefail
 ORS_BIN="$1"
+# schemathesis's command: on PATH, or where pip put it (a fresh pyenv has no shim yet).
+ST="$(command -v st || echo "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/st")"
 here="$(cd "$(dirname "$0")" && pwd)"
 work="$(mktemp -d)"
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -24,6 +26,6 @@ done
 [ -n "$url" ] || { echo "ors serve did not start"; exit 1; }
 # From the scratch directory: schemathesis leaves its cache in the current one.
 cd "$work"
-st --config-file "$here/schemathesis.toml" run "$url/ors/help" \
+"$ST" --config-file "$here/schemathesis.toml" run "$url/ors/help" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --max-examples "${ORS_API_FUZZ_EXAMPLES:-50}" --request-timeout 10 --seed 1

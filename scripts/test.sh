@@ -67,7 +67,7 @@ cargo run --quiet -p ors-failover-bench -- --ors "$ORS" --cycles 3 --lease-ms 10
 cargo run --quiet -p ors-takeover-bench -- --ors "$ORS" --sessions 2000 --hot
 
 echo "== API fuzzing: schemathesis against the server's OpenAPI document"
-if ! command -v st >/dev/null; then
+if ! command -v st >/dev/null && ! python3 -c 'import schemathesis' 2>/dev/null; then
   echo "   installing schemathesis from PyPI"
   python3 -m pip install --quiet schemathesis 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages schemathesis
