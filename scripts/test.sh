@@ -28,6 +28,11 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   (systemctl stop redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true)
 fi
 
+if ! command -v openssl >/dev/null; then
+  echo "== installing openssl (the HTTPS test makes its certificates with it)"
+  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
+
 if ! command -v haproxy >/dev/null; then
   echo "== installing haproxy (the HA tests put a real one in front of the servers)"
   apt-get update -qq && apt-get install -y -qq haproxy >/dev/null

@@ -1,6 +1,7 @@
 //! The `ors` command: `serve` the ORS REST API, `validate` and `run` SCXML documents.
 
 mod serve;
+mod tls;
 
 use std::io::BufRead;
 use std::path::PathBuf;

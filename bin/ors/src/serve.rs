@@ -91,6 +91,8 @@ pub struct HttpSection {
     pub tokens_file: Option<PathBuf>,
     pub auth_heartbeat: Option<bool>,
     pub outbound_allow: Option<Vec<String>>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub auth_metrics: Option<bool>,
     pub cookie: Option<String>,
     pub request_timeout_secs: Option<u64>,
@@ -134,6 +136,12 @@ pub struct ServeArgs {
     /// from `ORS_API_TOKENS` (comma-separated).
     #[arg(long, env = "ORS_API_TOKENS_FILE")]
     pub api_tokens_file: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "ORS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "ORS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// `embedded`, `redis` or `cassandra`.
     #[arg(long, env = "ORS_STORE")]
     pub store: Option<String>,
@@ -318,8 +326,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..d
     };
     let tokens = api_tokens(&args, &file)?;
-    if tokens.is_empty() && !local.ip().is_loopback() {
-        tracing::warn!(%local, "the API listens beyond this machine without authentication: set --api-tokens-file or ORS_API_TOKENS, or put an authenticating proxy in front");
+    let tls = match (
+        args.tls_cert.as_ref().or(file.http.tls_cert.as_ref()),
+        args.tls_key.as_ref().or(file.http.tls_key.as_ref()),
+    ) {
+        (Some(cert), Some(key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Some(crate::tls::server_config(cert, key)?)
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
+    };
+    if !local.ip().is_loopback() {
+        if tokens.is_empty() {
+            tracing::warn!(%local, "the API listens beyond this machine without authentication: set --api-tokens-file or ORS_API_TOKENS, or put an authenticating proxy in front");
+        }
+        if tls.is_none() {
+            tracing::warn!(%local, "the API listens beyond this machine without TLS: set --tls-cert and --tls-key, or put a TLS-terminating proxy in front");
+        }
     }
     let outbound = ors_runtime::outbound::OutboundPolicy::parse(
         file.http.outbound_allow.as_deref().unwrap_or_default(),
@@ -356,13 +380,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = ors_http::router(rt.clone(), hcfg, Some(metrics));
-    tracing::info!(%local, store = %store_kind, documents = %documents_dir.display(), node = %rt.node_id(), role = ?rt.role(), "ors listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%local, store = %store_kind, documents = %documents_dir.display(), node = %rt.node_id(), role = ?rt.role(), scheme, "ors listening");
     // Tests and scripts read this line to find the port.
-    println!("ors listening on http://{local}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    println!("ors listening on {scheme}://{local}");
+    match tls {
+        Some(tls) => crate::tls::serve(listener, app, tls, shutdown_signal())
+            .await
+            .context("serving HTTPS")?,
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTP")?,
+    }
     tracing::info!("stopping: finishing in-flight macrosteps and flushing");
     rt.shutdown().await;
     tracing::info!("stopped");

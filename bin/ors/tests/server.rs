@@ -860,3 +860,109 @@ async fn an_id_that_names_no_node_is_not_found() {
         assert_eq!(st, 404, "{id}: {body}");
     }
 }
+
+/// `--tls-cert`/`--tls-key`: the API is served over HTTPS (a certificate made for the
+/// test with `openssl`), and plain HTTP on that port gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_served_over_https_with_a_certificate() {
+    // A test CA and a server certificate it signs for 127.0.0.1.
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |f: &str| tmp.path().join(f).to_str().unwrap().to_string();
+    let (cert, key) = (p("cert.pem"), p("key.pem"));
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ca_key = p("ca.key");
+    let ca = p("ca.pem");
+    let csr = p("leaf.csr");
+    let ext = p("ext.cnf");
+    for args in [
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ors-test-ca",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &cert,
+            "-extfile",
+            &ext,
+        ],
+    ] {
+        let ok = std::process::Command::new("openssl")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(ok.success(), "openssl {args:?}");
+    }
+    let (_t, s) = setup(FAST, &["--tls-cert", &cert, "--tls-key", &key]);
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let trusted = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let sid = start(&trusted, &s, "counter.scxml", &[]).await;
+    let (st, _) = post(
+        &trusted,
+        &format!("{}/scxml/session/{sid}/event/inc", s.url),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(query(&trusted, &s, &sid).await.1["datamodel"]["n"], 1);
+    // Without trusting the certificate, or without TLS, nothing gets through.
+    assert!(
+        client()
+            .get(format!("{}/heartbeat", s.url))
+            .send()
+            .await
+            .is_err()
+    );
+    let plain = s.url.replace("https://", "http://");
+    assert!(
+        client()
+            .get(format!("{plain}/heartbeat"))
+            .send()
+            .await
+            .is_err()
+    );
+}
