@@ -265,8 +265,23 @@ fn params(
     uri: &Uri,
     body: &Bytes,
 ) -> Result<Vec<(String, Value)>, RuntimeError> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    request_params(ctype, uri.query(), body)
+}
+
+/// A request's parameters, as every endpoint reads them: the query string's, then the
+/// body's (form-encoded when there is no content type, or a JSON object). Public for the
+/// fuzz target; errors are `BadRequest` with the reason.
+pub fn request_params(
+    content_type: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Vec<(String, Value)>, RuntimeError> {
     let mut out: Vec<(String, Value)> = Vec::new();
-    if let Some(q) = uri.query() {
+    if let Some(q) = query {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q)
             .map_err(|e| RuntimeError::BadRequest(format!("query string: {e}")))?;
         out.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))));
@@ -274,11 +289,7 @@ fn params(
     if body.is_empty() {
         return Ok(out);
     }
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ctype = content_type.to_ascii_lowercase();
     if ctype.starts_with("application/json") {
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(m)) => out.extend(m),
