@@ -611,11 +611,7 @@ impl SessionStore for CassandraStore {
     async fn announce(&self, member: &Member, ttl_ms: u64) -> Result<()> {
         // Cassandra has no server clock to read: the entry's times are this client's.
         let now = now_ms();
-        let m = Member {
-            heartbeat_ms: now,
-            expires_at_ms: now.saturating_add(ttl_ms),
-            ..member.clone()
-        };
+        let m = member.stamped(now, ttl_ms);
         let key = ors_store::record::member_key(&m.node, &m.instance);
         let ttl_s = ttl_ms.div_ceil(1000).max(1) as i32;
         self.run(

@@ -545,11 +545,7 @@ impl SessionStore for EmbeddedStore {
 
     async fn announce(&self, member: &Member, ttl_ms: u64) -> Result<()> {
         let now = now_ms();
-        let m = Member {
-            heartbeat_ms: now,
-            expires_at_ms: now.saturating_add(ttl_ms),
-            ..member.clone()
-        };
+        let m = member.stamped(now, ttl_ms);
         self.write(move |txn| {
             let key = record::member_key(&m.node, &m.instance);
             txn.open_table(MEMBERS)

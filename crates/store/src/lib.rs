@@ -226,6 +226,17 @@ pub struct Member {
     pub expires_at_ms: u64,
 }
 
+impl Member {
+    /// The entry as a store keeps it after an announcement at `now_ms` for `ttl_ms`.
+    pub fn stamped(&self, now_ms: u64, ttl_ms: u64) -> Member {
+        Member {
+            heartbeat_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(ttl_ms),
+            ..self.clone()
+        }
+    }
+}
+
 /// The session store. Every backend implements this and passes the suite of the `testkit` feature.
 ///
 /// Guarantees every implementation gives:

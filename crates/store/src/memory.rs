@@ -256,11 +256,7 @@ impl SessionStore for MemoryStore {
 
     async fn announce(&self, member: &Member, ttl_ms: u64) -> Result<()> {
         let now = self.now();
-        let m = Member {
-            heartbeat_ms: now,
-            expires_at_ms: now.saturating_add(ttl_ms),
-            ..member.clone()
-        };
+        let m = member.stamped(now, ttl_ms);
         self.lock()
             .members
             .insert((m.node.clone(), m.instance.clone()), m);

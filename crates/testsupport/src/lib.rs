@@ -225,3 +225,19 @@ pub fn ors_listening_url(child: &mut Child) -> String {
     rx.recv_timeout(Duration::from_secs(30))
         .expect("ors serve prints the address it listens on")
 }
+
+/// The value after `--name` on a bench binary's command line.
+pub fn flag_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The `p` quantile (0..=1) of sorted figures; NaN if there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}

@@ -337,11 +337,7 @@ impl SessionStore for FileStore {
     async fn announce(&self, member: &Member, ttl_ms: u64) -> Result<()> {
         let _g = self.lock.lock().await;
         let now = now_ms();
-        let m = Member {
-            heartbeat_ms: now,
-            expires_at_ms: now.saturating_add(ttl_ms),
-            ..member.clone()
-        };
+        let m = member.stamped(now, ttl_ms);
         let key = record::member_key(&m.node, &m.instance);
         self.write("members", &key, &record::encode_member(&m))
     }

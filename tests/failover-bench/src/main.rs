@@ -10,6 +10,7 @@
 //! line and a summary, and exits 1 if anything acknowledged was lost or applied twice.
 //! The clients run on the same machine as the servers.
 
+use ors_testsupport::percentile;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,22 +91,10 @@ async fn send(c: &reqwest::Client, urls: &[String; 2], turn: usize, path: &str) 
     matches!(c.post(format!("{url}{path}")).send().await, Ok(r) if r.status() == 200)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |name: &str| ors_testsupport::flag_value(&args, name);
     let bin = arg("--ors").unwrap_or_else(|| "target/release/ors".into());
     let cycles: usize = arg("--cycles").map_or(20, |v| v.parse().unwrap());
     let lease_ms: u64 = arg("--lease-ms").map_or(1000, |v| v.parse().unwrap());

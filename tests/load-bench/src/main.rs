@@ -181,12 +181,7 @@ async fn run(name: &str, bin: &str, extra: &[&str]) {
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().collect();
-    let arg = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |name: &str| ors_testsupport::flag_value(&args, name);
     let bin = arg("--ors").unwrap_or_else(|| "target/release/ors".into());
     let idle: usize = arg("--idle")
         .and_then(|v| v.parse().ok())

@@ -14,6 +14,7 @@
 //! the primary's writes and keeps the sessions in memory; the bench then waits until the
 //! backup follows every session before the kill. Prints one JSON line.
 
+use ors_testsupport::percentile;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,13 +65,6 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 async fn heartbeat(c: &reqwest::Client, p: &Proc) -> serde_json::Value {
     match c.get(format!("{}/heartbeat", p.url)).send().await {
         Ok(r) => r.json().await.unwrap_or_default(),
@@ -89,12 +83,7 @@ fn pick(state: &mut u64, n: usize) -> usize {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |name: &str| ors_testsupport::flag_value(&args, name);
     let bin = arg("--ors").unwrap_or_else(|| "target/release/ors".into());
     let sessions: usize = arg("--sessions").map_or(100_000, |v| v.parse().unwrap());
     let hot = args.iter().any(|a| a == "--hot");
