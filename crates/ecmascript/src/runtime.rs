@@ -161,15 +161,20 @@ enum Compiled {
 struct DocCache {
     doc: Weak<Document>,
     compiled: Vec<Option<Compiled>>,
-    /// Data ids and plain identifiers used as locations: the names that may shadow a
-    /// built-in global for a session.
+    /// Data ids and plain identifiers used as locations: the globals a session of this
+    /// document can make when it cannot reach the global object, and the names that may
+    /// shadow a built-in.
     known: Vec<JsString>,
+    /// The document can reach the global object (it has `<script>`, or an expression
+    /// names `globalThis`, `this`, `eval`, `Function` or `constructor`): any global may
+    /// appear, so every one is checked after each macrostep.
+    full_scan: bool,
 }
 
 pub(crate) struct Runtime {
     pub ctx: Context,
     /// The global object's own properties before any session ran, as they were.
-    baseline: HashMap<PropertyKey, PropertyDescriptor>,
+    baseline: rustc_hash::FxHashMap<PropertyKey, PropertyDescriptor>,
     docs: HashMap<u64, DocCache>,
     dom: JsObject,
 }
@@ -347,6 +352,10 @@ impl Runtime {
                     doc: Arc::downgrade(doc),
                     compiled: vec![None; doc.exprs.len() * 4],
                     known,
+                    full_scan: doc
+                        .exprs
+                        .iter()
+                        .any(|e| e.kind == ExprKind::Script || reaches_global_object(&e.src)),
                 },
             );
         }
@@ -553,28 +562,46 @@ impl Runtime {
         system: &[JsString],
     ) -> Vec<(JsString, JsValue)> {
         let g = self.ctx.global_object();
-        // Every global that is not a built-in belongs to the session, whatever created it
-        // (`<data>`, `var`, an assignment, `globalThis.x = ...`, `defineProperty`).
-        let mut keys: Vec<PropertyKey> = g
-            .own_property_keys(&mut self.ctx)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|k| !self.baseline.contains_key(k))
-            .collect();
+        let (full, known) = {
+            let c = self.cache(doc);
+            let known: Vec<PropertyKey> = c
+                .known
+                .iter()
+                .map(|k| PropertyKey::from(k.clone()))
+                .collect();
+            (c.full_scan, known)
+        };
+        // Every global that is not a built-in belongs to the session, whatever made it
+        // (`<data>`, `var`, an assignment, `globalThis.x = ...`, `defineProperty`). A
+        // document that cannot reach the global object can only make the names it
+        // knows; checking only those keeps the common case cheap.
+        let mut keys: Vec<PropertyKey> = if full {
+            g.own_property_keys(&mut self.ctx)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|k| !self.baseline.contains_key(k))
+                .collect()
+        } else {
+            let mut k: Vec<PropertyKey> = known
+                .iter()
+                .filter(|k| !self.baseline.contains_key(k))
+                .cloned()
+                .collect();
+            k.extend(system.iter().cloned().map(PropertyKey::from));
+            k.push(PropertyKey::from(js_string!("_event")));
+            k
+        };
         // A `<data>` named like a built-in replaced it for this session only.
-        let known: Vec<PropertyKey> = self
-            .cache(doc)
-            .known
-            .iter()
-            .map(|k| PropertyKey::from(k.clone()))
-            .collect();
-        let shadowed: Vec<PropertyKey> = known
-            .into_iter()
-            .filter(|k| self.baseline.contains_key(k))
-            .collect();
-        keys.extend(shadowed.iter().cloned());
+        keys.extend(known.into_iter().filter(|k| self.baseline.contains_key(k)));
         let mut out = Vec::new();
         for k in keys {
+            if !full
+                && !g
+                    .has_own_property(k.clone(), &mut self.ctx)
+                    .unwrap_or(false)
+            {
+                continue;
+            }
             let value = g.get(k.clone(), &mut self.ctx).unwrap_or_default();
             if let Some(original) = self.baseline.get(&k) {
                 if original
@@ -616,6 +643,14 @@ impl Runtime {
 fn trim_expr(src: &str) -> &str {
     src.trim()
         .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+/// Whether an expression's source may reach the global object (and so make globals other
+/// than the names it assigns): strict code gets at it only through these names.
+fn reaches_global_object(src: &str) -> bool {
+    const WAYS: [&str; 5] = ["globalThis", "this", "eval", "Function", "constructor"];
+    src.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .any(|word| WAYS.contains(&word))
 }
 
 fn is_identifier(s: &str) -> bool {

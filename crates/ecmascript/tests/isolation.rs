@@ -222,18 +222,33 @@ fn ordinary_code_still_works_on_frozen_built_ins() {
 
 #[test]
 fn globals_created_by_expressions_of_a_document_without_scripts_are_per_session() {
-    let text = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript" initial="s">
+    // Strict expressions reach the global object only through a few names; each way.
+    for reach in [
+        "globalThis",
+        "Function('return this')()",
+        "({}).constructor.constructor('return this')()",
+        "(0, eval)('this')",
+    ] {
+        let text = format!(
+            r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript" initial="s">
   <datamodel><data id="y"/></datamodel>
   <state id="s">
-    <transition event="write"><assign location="y" expr="(globalThis.viaExpr = _event.data.v)"/></transition>
+    <transition event="write"><assign location="y" expr="({reach}.viaExpr = _event.data.v)"/></transition>
     <transition event="check" cond="typeof viaExpr === 'undefined'" target="pass"/>
     <transition event="check" target="fail"/>
   </state>
-  <final id="pass"/><final id="fail"/></scxml>"#;
-    let d = compile(text, &CompileOptions::default()).unwrap();
-    let mut a = session(&d, "a");
-    let mut b = session(&d, "b");
-    send(&mut a, "write", json!({ "v": 1 }));
-    send(&mut b, "check", json!({}));
-    assert_eq!(b.active_atomic_states(), ["pass"]);
+  <final id="pass"/><final id="fail"/></scxml>"#
+        );
+        let d = compile(&text, &CompileOptions::default()).unwrap();
+        let mut a = session(&d, "a");
+        let mut b = session(&d, "b");
+        send(&mut a, "write", json!({ "v": 1 }));
+        assert_eq!(
+            a.datamodel_json().unwrap()["y"],
+            1,
+            "{reach}: the write ran"
+        );
+        send(&mut b, "check", json!({}));
+        assert_eq!(b.active_atomic_states(), ["pass"], "{reach}");
+    }
 }
