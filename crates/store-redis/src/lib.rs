@@ -82,6 +82,18 @@ pub struct RedisStore {
     clustered: bool,
 }
 
+/// The SHA-1 of a script, computed once per script.
+fn script_sha(script: &'static str) -> &'static str {
+    static SHAS: std::sync::OnceLock<std::sync::Mutex<HashMap<usize, &'static str>>> =
+        std::sync::OnceLock::new();
+    let mut shas = SHAS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    shas.entry(script.as_ptr() as usize)
+        .or_insert_with(|| Box::leak(fred::util::sha1_hash(script).into_boxed_str()))
+}
+
 fn unavailable(e: Error) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
@@ -217,15 +229,26 @@ impl RedisStore {
         Ok((Vec::new(), Value::from(token.unwrap_or(0))))
     }
 
+    /// Runs one of the scripts by its SHA-1 (`EVALSHA`), so its text crosses the wire
+    /// once per server rather than with every call; a server that does not have it yet
+    /// (`NOSCRIPT`: new, restarted, flushed) gets it with a plain `EVAL`, which caches it.
     async fn eval(
         &self,
-        script: &str,
+        script: &'static str,
         keys: Vec<String>,
         args: Vec<Value>,
         what: &str,
     ) -> Result<Value> {
-        self.pool
-            .next()
+        let client = self.pool.next();
+        let sha = script_sha(script);
+        match client
+            .evalsha::<Value, _, _, _>(sha, keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {}
+            r => return r.map_err(map_err(what)),
+        }
+        client
             .eval::<Value, _, _, _>(script, keys, args)
             .await
             .map_err(map_err(what))
