@@ -278,6 +278,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let local = listener.local_addr()?;
+    let tokens = api_tokens(&args, &file)?;
+    let tls = match (
+        args.tls_cert.as_ref().or(file.http.tls_cert.as_ref()),
+        args.tls_key.as_ref().or(file.http.tls_key.as_ref()),
+    ) {
+        (Some(cert), Some(key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Some(crate::tls::server_config(cert, key)?)
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
+    };
+    if !local.ip().is_loopback() {
+        if tokens.is_empty() {
+            tracing::warn!(%local, "the API listens beyond this machine without authentication: set --api-tokens-file or ORS_API_TOKENS, or put an authenticating proxy in front");
+        }
+        if tls.is_none() {
+            tracing::warn!(%local, "the API listens beyond this machine without TLS: set --tls-cert and --tls-key, or put a TLS-terminating proxy in front");
+        }
+    }
+    let outbound = ors_runtime::outbound::OutboundPolicy::parse(
+        file.http.outbound_allow.as_deref().unwrap_or_default(),
+    )
+    .map_err(|e| anyhow::anyhow!("http.outbound_allow: {e}"))?;
     let d = ors_runtime::RuntimeConfig::default();
     let (l, ss) = (&file.limits, &file.sessions);
     let rcfg = ors_runtime::RuntimeConfig {
@@ -323,36 +347,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             loop_iteration_limit: l.js_loop_iterations.unwrap_or(d.js.loop_iteration_limit),
             recursion_limit: l.js_recursion.unwrap_or(d.js.recursion_limit),
         },
-        ..d
-    };
-    let tokens = api_tokens(&args, &file)?;
-    let tls = match (
-        args.tls_cert.as_ref().or(file.http.tls_cert.as_ref()),
-        args.tls_key.as_ref().or(file.http.tls_key.as_ref()),
-    ) {
-        (Some(cert), Some(key)) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            Some(crate::tls::server_config(cert, key)?)
-        }
-        (None, None) => None,
-        _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
-    };
-    if !local.ip().is_loopback() {
-        if tokens.is_empty() {
-            tracing::warn!(%local, "the API listens beyond this machine without authentication: set --api-tokens-file or ORS_API_TOKENS, or put an authenticating proxy in front");
-        }
-        if tls.is_none() {
-            tracing::warn!(%local, "the API listens beyond this machine without TLS: set --tls-cert and --tls-key, or put a TLS-terminating proxy in front");
-        }
-    }
-    let outbound = ors_runtime::outbound::OutboundPolicy::parse(
-        file.http.outbound_allow.as_deref().unwrap_or_default(),
-    )
-    .map_err(|e| anyhow::anyhow!("http.outbound_allow: {e}"))?;
-    let rcfg = ors_runtime::RuntimeConfig {
         peer_token: tokens.first().cloned(),
         outbound: Arc::new(outbound),
-        ..rcfg
+        ..d
     };
     let hd = ors_http::HttpConfig::default();
     let hcfg = ors_http::HttpConfig {

@@ -28,6 +28,16 @@ pub(crate) fn valid(key: &str) -> bool {
     !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
+/// `BadRequest` for a key that cannot be one.
+pub(crate) fn check(key: &str) -> Result<(), crate::RuntimeError> {
+    if valid(key) {
+        return Ok(());
+    }
+    Err(crate::RuntimeError::BadRequest(format!(
+        "an Idempotency-Key is 1 to {MAX_KEY_LEN} printable ASCII characters"
+    )))
+}
+
 /// The id of the session a keyed start of `src` creates on node `node`.
 pub(crate) fn session_id(node: &str, key: &str, src: &str) -> String {
     let digest = Sha256::new()

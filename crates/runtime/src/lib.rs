@@ -614,13 +614,8 @@ impl Runtime {
             )));
         }
         let sid = match &req.idempotency_key {
-            Some(k) if !idempotency::valid(k) => {
-                return Err(RuntimeError::BadRequest(format!(
-                    "an Idempotency-Key is 1 to {} printable ASCII characters",
-                    idempotency::MAX_KEY_LEN
-                )));
-            }
             Some(k) => {
+                idempotency::check(k)?;
                 let sid = idempotency::session_id(&self.shared.cfg.node_id, k, &req.src);
                 // A retry: the first attempt's session exists (or ended already).
                 if self.shared.finished.get(&sid).is_some()
@@ -686,13 +681,8 @@ impl Runtime {
         key: Option<String>,
     ) -> Result<(), RuntimeError> {
         self.shared.check_owner(sid)?;
-        if let Some(k) = &key
-            && !idempotency::valid(k)
-        {
-            return Err(RuntimeError::BadRequest(format!(
-                "an Idempotency-Key is 1 to {} printable ASCII characters",
-                idempotency::MAX_KEY_LEN
-            )));
+        if let Some(k) = &key {
+            idempotency::check(k)?;
         }
         if event.name.is_empty() || event.name.split('.').any(str::is_empty) {
             return Err(RuntimeError::BadRequest(format!(

@@ -52,7 +52,12 @@ impl StoredSession {
             keys,
             quarantined: None,
         };
-        serde_json::to_vec(&stored).map_err(|e| e.to_string())
+        stored.encode()
+    }
+
+    /// The stored bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self).map_err(|e| e.to_string())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StoredSession, serde_json::Error> {

@@ -103,7 +103,7 @@ pub(crate) async fn strike(shared: &Shared, sid: &str) {
                 stored.crashes
             ));
         }
-        let Ok(bytes) = serde_json::to_vec(&stored) else {
+        let Ok(bytes) = stored.encode() else {
             return;
         };
         let w = SessionWrite {
