@@ -73,6 +73,23 @@ async fn heartbeat(c: &reqwest::Client, s: &Server) -> (u16, Value) {
     get(c, &format!("{}/heartbeat", s.url)).await
 }
 
+/// Waits (at most 10 s) until the heartbeat's `field` is `want`.
+async fn until_heartbeat(c: &reqwest::Client, s: &Server, field: &str, want: Value) {
+    let t = Instant::now();
+    loop {
+        let (_, body) = heartbeat(c, s).await;
+        if body[field] == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} never had {field} = {want}: {body}",
+            s.url
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn until_primary(c: &reqwest::Client, s: &Server, secs: u64) -> Duration {
     let t = Instant::now();
     loop {
@@ -643,15 +660,7 @@ async fn a_hot_standby_takes_over_from_memory_and_reads_only_what_it_missed() {
     }
     // The backup holds every session: the first ten read in its resync, all at their
     // latest version through the feed.
-    let t = Instant::now();
-    while heartbeat(&c, &b).await.1["following"] != 20 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            heartbeat(&c, &b).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_heartbeat(&c, &b, "following", serde_json::json!(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Paused, it misses one more event on each of five sessions; then the primary dies.
     b.signal("STOP");
@@ -662,14 +671,7 @@ async fn a_hot_standby_takes_over_from_memory_and_reads_only_what_it_missed() {
     a.kill9();
     b.signal("CONT");
     until_primary(&c, &b, 10).await;
-    let t = Instant::now();
-    while heartbeat(&c, &b).await.1["recovering"] != 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "recovery never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_heartbeat(&c, &b, "recovering", serde_json::json!(0)).await;
     for (i, sid) in sids.iter().enumerate() {
         let q = query(&c, &b, sid).await.1;
         let want = if i < 5 { 4 } else { 3 };
@@ -682,21 +684,10 @@ async fn a_hot_standby_takes_over_from_memory_and_reads_only_what_it_missed() {
             "session {i}: one session.recovered"
         );
     }
-    let from = |src: &'static str| {
-        let c = c.clone();
-        let b_url = &b;
-        async move {
-            counter(
-                &c,
-                b_url,
-                &format!("ors_recovered_sessions_total{{from=\"{src}\"}}"),
-            )
-            .await
-        }
-    };
     // A long poll of the paused backup already under way may still bring it the first
     // of the five events; the later ones it cannot have.
-    let (standby, store) = (from("standby").await, from("store").await);
+    let standby = counter(&c, &b, "ors_recovered_sessions_total{from=\"standby\"}").await;
+    let store = counter(&c, &b, "ors_recovered_sessions_total{from=\"store\"}").await;
     assert_eq!(standby + store, 20);
     assert!(
         (15..=16).contains(&standby),
@@ -764,15 +755,7 @@ async fn a_cluster_that_requires_tokens_still_talks_to_itself() {
     let pinger = start(&c, &one, "pinger.scxml", &[("peer", &ponger)]).await;
     wait_for(&c, &one, &pinger, 10, |_, q| q["datamodel"]["pongs"] == 1).await;
     // The hot standby follows with the token, and takes over from memory.
-    let t0 = Instant::now();
-    while heartbeat(&c, &two_b).await.1["following"] != 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            heartbeat(&c, &two_b).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_heartbeat(&c, &two_b, "following", serde_json::json!(1)).await;
     two_a.kill9();
     until_primary(&c, &two_b, 10).await;
     assert_eq!(query(&c, &two_b, &ponger).await.1["datamodel"]["pings"], 1);

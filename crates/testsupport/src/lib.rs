@@ -241,3 +241,84 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
+
+/// One `ors serve` process of a benchmark's node: instance `instance` on the Redis at
+/// `redis_url`, with its documents and `ors.toml` in `dir` and its data in
+/// `dir/<instance>`. Killed on drop.
+pub struct OrsInstance {
+    bin: String,
+    args: Vec<String>,
+    log: String,
+    child: Option<Child>,
+    /// Where it listens (`http://127.0.0.1:<port>`), from its last start.
+    pub url: String,
+}
+
+impl OrsInstance {
+    /// Starts the process; `log` is its `ORS_LOG` filter.
+    pub fn start(bin: &str, redis_url: &str, dir: &Path, instance: &str, log: &str) -> Self {
+        let path = |p: &Path| p.display().to_string();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "redis",
+            "--redis-url",
+            redis_url,
+            "--instance",
+            instance,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--documents-dir".into(),
+            path(dir),
+            "--data-dir".into(),
+            path(&dir.join(instance)),
+            "--config".into(),
+            path(&dir.join("ors.toml")),
+        ])
+        .collect();
+        let mut p = OrsInstance {
+            bin: bin.into(),
+            args,
+            log: log.into(),
+            child: None,
+            url: String::new(),
+        };
+        p.respawn();
+        p
+    }
+
+    /// Starts the process (again, after [`OrsInstance::kill9`]).
+    pub fn respawn(&mut self) {
+        let mut child = Command::new(&self.bin)
+            .arg("serve")
+            .args(&self.args)
+            .env("ORS_LOG", &self.log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the ors binary runs");
+        self.url = ors_listening_url(&mut child);
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for OrsInstance {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -11,7 +11,6 @@
 //! The clients run on the same machine as the servers.
 
 use ors_testsupport::percentile;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,49 +26,6 @@ const DOC: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0
 
 const SESSIONS: usize = 20;
 const CLIENTS: usize = 8;
-
-struct Proc {
-    child: Option<Child>,
-    url: String,
-    args: Vec<String>,
-}
-
-impl Proc {
-    fn start(bin: &str, args: Vec<String>) -> Proc {
-        let mut p = Proc {
-            child: None,
-            url: String::new(),
-            args,
-        };
-        p.spawn(bin);
-        p
-    }
-
-    fn spawn(&mut self, bin: &str) {
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .args(&self.args)
-            .env("ORS_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the ors binary runs");
-        self.url = ors_testsupport::ors_listening_url(&mut child);
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 /// What the clients saw, per session.
 struct Seen {
@@ -108,33 +64,8 @@ async fn main() {
         format!("[sessions]\nlease_ttl_ms = {lease_ms}\n"),
     )
     .unwrap();
-    let common = |instance: &str| -> Vec<String> {
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "redis",
-            "--redis-url",
-            &redis.url(),
-            "--instance",
-            instance,
-            "--documents-dir",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
-            tmp.path().display().to_string(),
-            "--data-dir".into(),
-            tmp.path().join(instance).display().to_string(),
-            "--config".into(),
-            tmp.path().join("ors.toml").display().to_string(),
-        ])
-        .collect()
-    };
-    let mut procs = [
-        Proc::start(&bin, common("a")),
-        Proc::start(&bin, common("b")),
-    ];
+    let mut procs = ["a", "b"]
+        .map(|i| ors_testsupport::OrsInstance::start(&bin, &redis.url(), tmp.path(), i, "error"));
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -226,7 +157,7 @@ async fn main() {
         let took = killed.elapsed().as_secs_f64() * 1000.0;
         failovers.push(took);
         eprintln!("cycle {cycle}: failover {took:.0} ms");
-        procs[primary].spawn(&bin);
+        procs[primary].respawn();
         urls.write().unwrap()[primary] = procs[primary].url.clone();
         primary = backup;
     }

@@ -14,8 +14,7 @@
 //! the primary's writes and keeps the sessions in memory; the bench then waits until the
 //! backup follows every session before the kill. Prints one JSON line.
 
-use ors_testsupport::percentile;
-use std::process::{Child, Command, Stdio};
+use ors_testsupport::{OrsInstance, percentile};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,35 +24,6 @@ const DOC: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0
     <transition event="inc"><assign location="n" expr="n + 1"/></transition>
   </state>
 </scxml>"#;
-
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-impl Proc {
-    fn start(bin: &str, args: &[String]) -> Proc {
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .args(args)
-            .env(
-                "ORS_LOG",
-                std::env::var("ORS_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the ors binary runs");
-        let url = ors_testsupport::ors_listening_url(&mut child);
-        Proc { child, url }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Resident memory of a process, in MiB (Linux).
 fn rss_mib(pid: u32) -> f64 {
@@ -65,7 +35,7 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-async fn heartbeat(c: &reqwest::Client, p: &Proc) -> serde_json::Value {
+async fn heartbeat(c: &reqwest::Client, p: &OrsInstance) -> serde_json::Value {
     match c.get(format!("{}/heartbeat", p.url)).send().await {
         Ok(r) => r.json().await.unwrap_or_default(),
         Err(_) => serde_json::Value::Null,
@@ -98,32 +68,9 @@ async fn main() {
         ""
     };
     std::fs::write(tmp.path().join("ors.toml"), config).unwrap();
-    let common = |instance: &str| -> Vec<String> {
-        let dir = tmp.path().display().to_string();
-        let data = tmp.path().join(instance).display().to_string();
-        let cfg = tmp.path().join("ors.toml").display().to_string();
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "redis",
-            "--redis-url",
-            &redis.url(),
-            "--instance",
-            instance,
-            "--documents-dir",
-            &dir,
-            "--data-dir",
-            &data,
-            "--config",
-            &cfg,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let mut a = Proc::start(&bin, &common("a"));
-    let b = Proc::start(&bin, &common("b"));
+    let log = std::env::var("ORS_LOG").unwrap_or_else(|_| "warn".into());
+    let start = |i: &str| OrsInstance::start(&bin, &redis.url(), tmp.path(), i, &log);
+    let (mut a, b) = (start("a"), start("b"));
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -176,10 +123,10 @@ async fn main() {
         );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (primary_rss, backup_rss) = (rss_mib(a.child.id()), rss_mib(b.child.id()));
+    let rss = |p: &OrsInstance| p.pid().map_or(f64::NAN, rss_mib);
+    let (primary_rss, backup_rss) = (rss(&a), rss(&b));
 
-    let _ = a.child.kill();
-    let _ = a.child.wait();
+    a.kill9();
     let killed = Instant::now();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let probe = sids[pick(&mut rng, sids.len())].clone();
