@@ -16,6 +16,11 @@ use ors_scxml::Event;
 use ors_scxml::host::LocalHost;
 use serde_json::{Value, json};
 
+/// Counts what each thread allocates, so a macrostep's memory budget can be enforced
+/// (`limits.macrostep_memory_mb`).
+#[global_allocator]
+static ALLOC: ors_alloc_meter::CountingAlloc = ors_alloc_meter::CountingAlloc::system();
+
 #[derive(Parser)]
 #[command(
     name = "ors",

@@ -69,6 +69,8 @@ pub struct LimitsConfig {
     pub max_concurrent_requests: Option<usize>,
     pub js_loop_iterations: Option<u64>,
     pub js_recursion: Option<usize>,
+    pub macrostep_time_ms: Option<u64>,
+    pub macrostep_memory_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,6 +348,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         js: ors_ecmascript::RuntimeOptions {
             loop_iteration_limit: l.js_loop_iterations.unwrap_or(d.js.loop_iteration_limit),
             recursion_limit: l.js_recursion.unwrap_or(d.js.recursion_limit),
+            // 0 switches a bound off.
+            budget: ors_ecmascript::Budget {
+                time: match l.macrostep_time_ms {
+                    None => d.js.budget.time,
+                    Some(0) => None,
+                    Some(ms) => Some(Duration::from_millis(ms)),
+                },
+                memory: match l.macrostep_memory_mb {
+                    None => d.js.budget.memory,
+                    Some(0) => None,
+                    Some(mb) => Some(mb << 20),
+                },
+            },
         },
         peer_token: tokens.first().cloned(),
         outbound: Arc::new(outbound),

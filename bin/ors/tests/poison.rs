@@ -25,7 +25,9 @@ async fn a_session_that_keeps_crashing_the_node_is_quarantined_and_the_node_stay
     let docs = tmp.path().join("docs");
     std::fs::create_dir_all(&docs).unwrap();
     std::fs::write(docs.join("poison.scxml"), POISON).unwrap();
-    let config = "[sessions]\nlease_ttl_ms = 1000\n";
+    // The budgets would stop the script before it crashes anything: switched off, they
+    // stand for whatever a budget misses.
+    let config = "[sessions]\nlease_ttl_ms = 1000\n[limits]\nmacrostep_memory_mb = 0\nmacrostep_time_ms = 0\n";
     let mut s = Server::start_limited(
         &tmp.path().join("data"),
         &docs,

@@ -1,6 +1,8 @@
 //! Engine benchmark: prints events/s in one session, session starts/s and memory per
-//! live idle session, for the document the engine issue specifies. Run with
-//! `cargo bench -p ors-ecmascript --bench engine` (release build, one thread).
+//! live idle session, for the document the engine issue specifies; then events/s for a
+//! document whose transition runs a loop (what the budget checks cost). Run with
+//! `cargo bench -p ors-ecmascript --bench engine` (release build, one thread, with the
+//! counting allocator `ors serve` uses).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +25,20 @@ const DOC: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0
   </state>
   <final id="end"/>
 </scxml>"#;
+
+/// A transition that loops and calls a function: 100 budget checks per event.
+const LOOPING: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript" initial="a">
+  <datamodel><data id="acc" expr="0"/></datamodel>
+  <state id="a">
+    <transition event="tick"><script><![CDATA[
+      function add(x) { return x + 1; }
+      for (var i = 0; i < 50; i++) acc = add(acc);
+    ]]></script></transition>
+  </state>
+</scxml>"#;
+
+#[global_allocator]
+static ALLOC: ors_alloc_meter::CountingAlloc = ors_alloc_meter::CountingAlloc::system();
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -105,5 +121,26 @@ fn main() {
         per / 1024.0
     );
     drop(live);
+
+    // 4. A looping script.
+    let looping = compile(LOOPING, &CompileOptions::default()).expect("looping document compiles");
+    let mut s = session(&looping, 0);
+    s.start(0, &[]);
+    let n_events = 100_000u32;
+    let t = Instant::now();
+    for _ in 0..n_events {
+        s.push_external(tick.clone()).unwrap();
+        s.step(0);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(
+        s.datamodel_json().unwrap()["acc"].as_u64().unwrap(),
+        50 * n_events as u64
+    );
+    println!(
+        "looping:  {n_events} events of 50 iterations and 50 calls in {secs:.3} s = {:.0} events/s",
+        n_events as f64 / secs
+    );
+    drop(s);
     ors_ecmascript::release_thread();
 }

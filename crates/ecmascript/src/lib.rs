@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod budget;
 mod dom;
+mod instrument;
 mod runtime;
 mod toplevel;
 
@@ -16,6 +18,7 @@ use ors_scxml::model::{Content, DataInit, DataItem, ExprId, ExprKind, StateId};
 use ors_scxml::{Document, Event};
 use serde_json::Value;
 
+pub use budget::{Budget, Exceeded};
 use runtime::{Mode, with_rt};
 pub use runtime::{RuntimeOptions, configure_thread, release_thread, thread_stats};
 
@@ -118,10 +121,19 @@ impl Datamodel for EcmaDatamodel {
         });
     }
 
+    fn begin_macrostep(&mut self) {
+        budget::arm(runtime::options().budget);
+    }
+
+    fn exceeded(&self) -> Option<String> {
+        budget::exceeded().map(|e| format!("budget exceeded: {e}"))
+    }
+
     fn end(&mut self) {
         if !self.installed {
             return;
         }
+        budget::disarm();
         self.installed = false;
         self.vars = with_rt(|rt| {
             let names = self

@@ -22,6 +22,10 @@ pub struct RuntimeOptions {
     pub loop_iteration_limit: u64,
     /// Nested calls allowed.
     pub recursion_limit: usize,
+    /// Time and memory one macrostep of a session may use (500 ms and 64 MiB by
+    /// default; memory is only bounded where [`ors_alloc_meter::CountingAlloc`] is the
+    /// global allocator).
+    pub budget: crate::Budget,
 }
 
 impl Default for RuntimeOptions {
@@ -29,21 +33,36 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             loop_iteration_limit: 1_000_000,
             recursion_limit: 256,
+            budget: crate::Budget {
+                time: Some(std::time::Duration::from_millis(500)),
+                memory: Some(64 << 20),
+            },
         }
     }
 }
 
-/// boa allocates the result of these builtins before its loop limit is checked, so a
-/// script could abort the process with one call (`'x'.repeat(1 << 30)` asks for 24 GiB).
-/// Results over 16 Mi characters throw a RangeError instead.
+/// Guards on built-ins whose work grows with an argument or a length rather than with
+/// data the script already holds: one call of them runs natively, where no budget check
+/// can stop it (see `budget.rs`).
+/// - boa allocates the result of `repeat`/`padStart`/`padEnd` before its loop limit is
+///   checked (`'x'.repeat(1 << 30)` asks for 24 GiB): results over 16 Mi characters throw
+///   a RangeError.
+/// - The array methods that visit every index up to `length` (`fill`, `indexOf`, `join`,
+///   `concat`, `sort`, ...) throw a RangeError on arrays (or array-likes) longer than
+///   1 Mi elements (`new Array(2 ** 32 - 1).indexOf(1)` would run for minutes), and check
+///   the macrostep's budget before they start.
 const GUARDS: &str = r#"(function () {
-  var MAX = 16777216;
+  var MAX = 16777216, MAX_ELEMENTS = 1048576;
+  // Reflect.apply, not orig.apply(...): once the lockdown makes Function.prototype.apply
+  // an accessor, boa 0.22 returns the getter's result from such a call in these
+  // wrappers instead of calling it.
+  var define = Object.defineProperty, isArray = Array.isArray, apply = Reflect.apply;
   function guard(name, size) {
     var orig = String.prototype[name];
-    Object.defineProperty(String.prototype, name, {
+    define(String.prototype, name, {
       value: function () {
         if (size(String(this), arguments) > MAX) throw new RangeError(name + ': result longer than ' + MAX);
-        return orig.apply(this, arguments);
+        return apply(orig, this, arguments);
       },
       writable: true, configurable: true, enumerable: false
     });
@@ -51,6 +70,38 @@ const GUARDS: &str = r#"(function () {
   guard('repeat', function (s, a) { return s.length * Number(a[0]); });
   guard('padStart', function (s, a) { return Number(a[0]); });
   guard('padEnd', function (s, a) { return Number(a[0]); });
+  function elements(name, n) {
+    if (n > MAX_ELEMENTS) throw new RangeError(name + ': more than ' + MAX_ELEMENTS + ' elements');
+    __ors_tick();
+  }
+  var constant = ['constructor', 'push', 'pop', 'at', 'keys', 'values', 'entries'];
+  Object.getOwnPropertyNames(Array.prototype).forEach(function (name) {
+    var orig = Array.prototype[name];
+    if (typeof orig !== 'function' || constant.indexOf(name) >= 0) return;
+    define(Array.prototype, name, {
+      value: function () {
+        if (this !== null && this !== undefined) {
+          var n = Number(Object(this).length) || 0;
+          if (name === 'concat') {
+            for (var i = 0; i < arguments.length; i++) {
+              n += isArray(arguments[i]) ? arguments[i].length : 1;
+            }
+          }
+          elements('Array.prototype.' + name, n);
+        }
+        return apply(orig, this, arguments);
+      },
+      writable: true, configurable: true, enumerable: false
+    });
+  });
+  var from = Array.from;
+  define(Array, 'from', {
+    value: function (items) {
+      if (items !== null && items !== undefined) elements('Array.from', Number(Object(items).length) || 0);
+      return apply(from, this, arguments);
+    },
+    writable: true, configurable: true, enumerable: false
+  });
 })();"#;
 
 /// Hardens the shared context before any session runs: every built-in object reachable
@@ -201,6 +252,11 @@ pub fn configure_thread(opts: RuntimeOptions) {
     });
 }
 
+/// This thread's script limits.
+pub(crate) fn options() -> RuntimeOptions {
+    OPTIONS.with(Cell::get)
+}
+
 /// Drops this thread's JS runtime. Every session datamodel of the thread must be dropped
 /// first. Without this call the runtime lives until the process ends (it is never dropped
 /// during thread teardown, which boa does not survive).
@@ -276,7 +332,34 @@ pub(crate) fn event_key() -> JsString {
 }
 
 fn js_err(e: boa_engine::JsError) -> DmError {
-    DmError::new(e.to_string())
+    match crate::budget::exceeded() {
+        Some(over) => DmError::new(format!("budget exceeded: {over}")),
+        None => DmError::new(e.to_string()),
+    }
+}
+
+/// The host hooks of every context: no code from strings. `eval` and `new Function`
+/// would make code without the budget checks of [`crate::instrument`].
+struct Hooks;
+
+impl boa_engine::context::HostHooks for Hooks {
+    fn ensure_can_compile_strings(
+        &self,
+        _realm: boa_engine::realm::Realm,
+        _parameters: &[JsString],
+        _body: &JsString,
+        _direct: bool,
+        _context: &mut Context,
+    ) -> boa_engine::JsResult<()> {
+        Err(boa_engine::JsNativeError::eval()
+            .with_message("code generation from strings (eval, new Function) is disabled")
+            .into())
+    }
+
+    /// `ArrayBuffer`s (and so typed arrays) are allocated in one native call.
+    fn max_buffer_size(&self, _context: &mut Context) -> u64 {
+        16 << 20
+    }
 }
 
 fn in_predicate(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> boa_engine::JsResult<JsValue> {
@@ -297,12 +380,21 @@ fn in_predicate(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> boa_engine:
 
 impl Runtime {
     fn new() -> Runtime {
-        let mut ctx = Context::default();
+        let mut ctx = Context::builder()
+            .host_hooks(Rc::new(Hooks))
+            .build()
+            .expect("a context with default intrinsics");
         apply_limits(&mut ctx, OPTIONS.with(Cell::get));
         ctx.register_global_callable(
             js_string!("In"),
             1,
             NativeFunction::from_fn_ptr(in_predicate),
+        )
+        .expect("registering a global function on a fresh context");
+        ctx.register_global_callable(
+            JsString::from(crate::instrument::TICK),
+            0,
+            NativeFunction::from_fn_ptr(crate::budget::tick),
         )
         .expect("registering a global function on a fresh context");
         Script::parse(Source::from_bytes(GUARDS.as_bytes()), None, &mut ctx)
@@ -376,7 +468,7 @@ impl Runtime {
     }
 
     fn compile(&mut self, src: &str, mode: Mode) -> Compiled {
-        let text = match mode {
+        let plain = match mode {
             Mode::Value => format!("\"use strict\";(\n{}\n)", trim_expr(src)),
             Mode::Script => match crate::toplevel::hoist(src) {
                 Ok(text) => text.into_owned(),
@@ -389,6 +481,10 @@ impl Runtime {
                 }
                 format!("(function(__ors_v){{ {} = __ors_v;}})", src.trim())
             }
+        };
+        let text = match crate::instrument::instrument(src, &plain) {
+            Ok(t) => t,
+            Err(e) => return Compiled::Bad(format!("in \"{}\": {e}", src.trim())),
         };
         let script = match Script::parse(Source::from_bytes(text.as_bytes()), None, &mut self.ctx) {
             Ok(s) => s,
@@ -446,9 +542,11 @@ impl Runtime {
                 .call(&JsValue::undefined(), &[v], &mut self.ctx)
                 .map(|_| ())
                 .map_err(|e| {
+                    let e = js_err(e);
                     DmError::new(format!(
-                        "cannot assign to \"{}\": {e}",
-                        doc.expr(loc).src.trim()
+                        "cannot assign to \"{}\": {}",
+                        doc.expr(loc).src.trim(),
+                        e.0
                     ))
                 }),
             Compiled::Bad(m) => Err(DmError::new(m)),

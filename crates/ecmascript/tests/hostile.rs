@@ -30,6 +30,12 @@ fn run(doc: &Arc<Document>) -> (Session, Vec<Effect>) {
 }
 
 fn ends_in(doc_body: &str, state: &str) {
+    // These pin boa's own limits: without the macrostep budget (`budget.rs` has its
+    // tests), which a slow debug build could reach first.
+    ors_ecmascript::configure_thread(ors_ecmascript::RuntimeOptions {
+        budget: ors_ecmascript::Budget::default(),
+        ..Default::default()
+    });
     let (s, _) = run(&doc(doc_body));
     assert!(
         s.is_done(),

@@ -223,11 +223,12 @@ fn ordinary_code_still_works_on_frozen_built_ins() {
 #[test]
 fn globals_created_by_expressions_of_a_document_without_scripts_are_per_session() {
     // Strict expressions reach the global object only through a few names; each way.
-    for reach in [
-        "globalThis",
-        "Function('return this')()",
-        "({}).constructor.constructor('return this')()",
-        "(0, eval)('this')",
+    // Code from strings is refused outright (it would escape the budget checks).
+    for (reach, runs) in [
+        ("globalThis", true),
+        ("Function('return this')()", false),
+        ("({}).constructor.constructor('return this')()", false),
+        ("(0, eval)('this')", false),
     ] {
         let text = format!(
             r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript" initial="s">
@@ -244,9 +245,9 @@ fn globals_created_by_expressions_of_a_document_without_scripts_are_per_session(
         let mut b = session(&d, "b");
         send(&mut a, "write", json!({ "v": 1 }));
         assert_eq!(
-            a.datamodel_json().unwrap()["y"],
-            1,
-            "{reach}: the write ran"
+            a.datamodel_json().unwrap()["y"] == 1,
+            runs,
+            "{reach}: the write ran or was refused"
         );
         send(&mut b, "check", json!({}));
         assert_eq!(b.active_atomic_states(), ["pass"], "{reach}");

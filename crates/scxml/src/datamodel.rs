@@ -75,6 +75,14 @@ pub trait Datamodel {
     fn begin(&mut self) {}
     /// Called after the session ran.
     fn end(&mut self) {}
+    /// Called as each macrostep begins (between [`Datamodel::begin`] and
+    /// [`Datamodel::end`]): a datamodel with a per-macrostep budget starts it here.
+    fn begin_macrostep(&mut self) {}
+    /// Why the running macrostep must stop (its budget is spent), if it must: the session
+    /// is then aborted.
+    fn exceeded(&self) -> Option<String> {
+        None
+    }
     /// Declare every data item without a value (late binding declares all at start).
     fn declare(&mut self, item: &DataItem) -> DmResult<()>;
     /// Initialise a data item, from `value` when the host supplied one (invoke params,

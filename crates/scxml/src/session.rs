@@ -220,6 +220,7 @@ impl Session {
         self.running = true;
         self.now_ms = now_ms;
         self.dm.begin();
+        self.dm.begin_macrostep();
         let doc = self.doc.clone();
         match doc.binding {
             Binding::Early => {
@@ -343,6 +344,7 @@ impl Session {
     // ----- the main loop -----
 
     fn external_event(&mut self, ev: Event) {
+        self.dm.begin_macrostep();
         self.dm.set_event(&ev);
         let doc = self.doc.clone();
         for k in 0..self.invokes.len() {
@@ -368,12 +370,24 @@ impl Session {
         self.stabilize();
     }
 
+    /// Ends the session at once, without a done event, for `reason`.
+    fn abort(&mut self, reason: String) {
+        self.effects.push(Effect::Aborted { reason });
+        self.running = false;
+        self.internal.clear();
+        self.exit_interpreter(false);
+    }
+
     /// Runs eventless transitions and internal events to completion, then invokes, and
     /// repeats while invoking raised internal events. Ends the session when it stopped.
     fn stabilize(&mut self) {
         let mut budget = self.limits.max_microsteps;
         loop {
             while self.running {
+                if let Some(reason) = self.dm.exceeded() {
+                    self.abort(reason);
+                    return;
+                }
                 let mut enabled = self.select_transitions(None);
                 if enabled.is_empty() {
                     match self.internal.pop_front() {
@@ -389,14 +403,10 @@ impl Session {
                 }
                 budget = budget.saturating_sub(1);
                 if budget == 0 {
-                    let reason = format!(
+                    self.abort(format!(
                         "more than {} microsteps in one macrostep (an endless eventless loop?)",
                         self.limits.max_microsteps
-                    );
-                    self.effects.push(Effect::Aborted { reason });
-                    self.running = false;
-                    self.internal.clear();
-                    self.exit_interpreter(false);
+                    ));
                     return;
                 }
             }

@@ -124,6 +124,12 @@ impl Worker {
             Output::Ended { session, reason } => {
                 if let Some(reason) = reason.filter(|r| r != CANCELLED) {
                     tracing::warn!(%session, "session aborted: {reason}");
+                    let cause = if reason.starts_with("budget exceeded") {
+                        "budget"
+                    } else {
+                        "limit"
+                    };
+                    metrics::counter!("ors_sessions_aborted_total", "cause" => cause).increment(1);
                 }
                 batch.ended.push(session);
             }
