@@ -559,7 +559,18 @@ async fn route_to_owner(
 
 /// The SCXML Event I/O Processor between nodes: an event a session of another node sent
 /// to this one (`<send target="#_scxml_<id>">`), as JSON; answered once durable.
-async fn deliver(State(s): State<AppState>, Path(id): Path<String>, body: Bytes) -> Response {
+/// The sender's outbox key comes as the `Idempotency-Key`: a delivery the session had
+/// already is answered without running it again.
+async fn deliver(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(e) => return runtime_error(e),
+    };
     let event: Event = match serde_json::from_slice(&body) {
         Ok(e) => e,
         Err(e) => {
@@ -570,7 +581,7 @@ async fn deliver(State(s): State<AppState>, Path(id): Path<String>, body: Bytes)
             );
         }
     };
-    match s.rt.send_event(&id, event).await {
+    match s.rt.send_event_once(&id, event, key).await {
         Ok(()) => axum::Json(json!({ "sessionid": id, "status": "delivered" })).into_response(),
         Err(e) => runtime_error(e),
     }

@@ -3,11 +3,13 @@
 //! crash between the effect and the deletion fires the job again.
 
 use async_trait::async_trait;
-use ors_scheduler::{Fire, FireError, Job};
+use ors_scheduler::{Delivery, Fire, FireError, Job};
+use ors_scxml::Event;
 use tokio::sync::oneshot;
 
+use crate::outbox::{Failure, GIVE_UP_AFTER};
 use crate::worker::Command;
-use crate::{Runtime, RuntimeError, owner_node};
+use crate::{Runtime, RuntimeError, now_ms, owner_node};
 
 pub(crate) struct JobRunner {
     runtime: Runtime,
@@ -75,6 +77,56 @@ impl Fire for JobRunner {
                 tracing::info!(%session, "terminating: maximum session lifetime reached");
                 gone_is_done(self.runtime.terminate(session).await)
             }
+            Job::Deliver(d) => self.deliver(d).await,
+        }
+    }
+}
+
+impl JobRunner {
+    /// An outbox entry fired: its event was not known to be delivered (`outbox.rs`).
+    /// Delivered again with its key; a receiver that holds the key does not run it twice.
+    async fn deliver(&self, d: &Delivery) -> Result<(), FireError> {
+        let shared = &self.runtime.shared;
+        let event: Event = match serde_json::from_value(d.event.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(entry = %d.key, error = %e, "an outbox entry without a valid event; dropped");
+                return Ok(());
+            }
+        };
+        let sendid = event.sendid.clone();
+        let undeliverable = |reason: String| {
+            tracing::info!(session = %d.from, "{reason}");
+            let cmd = Command::Undeliverable {
+                from: d.from.clone(),
+                sendid: sendid.clone(),
+                reason,
+            };
+            shared.workers.send_internal(&d.from, cmd);
+        };
+        if now_ms() > d.sent_ms + GIVE_UP_AFTER.as_millis() as u64 {
+            undeliverable(format!(
+                "the event for session {} was not delivered within {} s",
+                d.to,
+                GIVE_UP_AFTER.as_secs()
+            ));
+            return Ok(());
+        }
+        let result = if owner_node(&d.to) == Some(self.runtime.node_id()) {
+            self.runtime
+                .send_event_once(&d.to, event, Some(d.key.clone()))
+                .await
+                .map_err(|e| Failure::of(&e))
+        } else {
+            crate::nodes::post(shared, &d.to, &event, &d.key).await
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(Failure::Permanent(reason)) => {
+                undeliverable(reason);
+                Ok(())
+            }
+            Err(Failure::Transient(reason)) => Err(FireError(reason)),
         }
     }
 }

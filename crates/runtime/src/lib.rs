@@ -21,6 +21,7 @@ mod idempotency;
 mod jobs;
 mod nodes;
 pub mod outbound;
+mod outbox;
 mod persist;
 mod quarantine;
 mod recovery;

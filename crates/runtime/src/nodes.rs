@@ -1,13 +1,14 @@
 //! Events between sessions of different nodes: a send to `#_scxml_<id>` of another node
-//! is POSTed, after the sender's macrostep is durable, to that node
-//! (`/scxml/session/<id>/deliver`, the event as JSON). The receiving node answers once
-//! the event's macrostep is durable there; anything else raises `error.communication`
-//! in the sender. At most once, as between the sessions of one node.
+//! is POSTed, after the sender's macrostep and its outbox entry are durable, to that
+//! node (`/scxml/session/<id>/deliver`, the event as JSON, its outbox key as the
+//! `Idempotency-Key`). The receiving node answers once the event's macrostep is durable
+//! there. Exactly once: see `outbox.rs`.
 
 use std::sync::Arc;
 
 use ors_scxml::Event;
 
+use crate::outbox::{Failure, Outgoing};
 use crate::worker::Command;
 use crate::{Shared, owner_node};
 
@@ -16,26 +17,56 @@ pub fn deliver_path(sid: &str) -> String {
     format!("/scxml/session/{sid}/deliver")
 }
 
-pub(crate) async fn deliver(shared: Arc<Shared>, from: String, to: String, event: Event) {
-    let sendid = event.sendid.clone();
-    if let Err(reason) = post(&shared, &to, &event).await {
-        tracing::info!(session = %from, "{reason}");
-        let cmd = Command::Undeliverable {
-            from: from.clone(),
-            sendid,
-            reason,
-        };
-        shared.workers.send_internal(&from, cmd);
+/// The fast path of an outbox entry to another node: on success the entry is deleted;
+/// a receiver that does not exist raises `error.communication` in the sender; anything
+/// else leaves the entry to fire and try again (see `outbox.rs`).
+pub(crate) async fn deliver(shared: Arc<Shared>, from: String, o: Outgoing) {
+    match post(&shared, &o.to, &o.event, &o.key).await {
+        Ok(()) => {
+            if let Err(e) = shared.store.delete_schedule(&o.key).await {
+                tracing::info!(entry = %o.key, error = %e, "a delivered event's entry stays; it fires as a no-op");
+            }
+        }
+        Err(Failure::Permanent(reason)) => {
+            tracing::info!(session = %from, "{reason}");
+            let _ = shared.store.delete_schedule(&o.key).await;
+            let cmd = Command::Undeliverable {
+                from: from.clone(),
+                sendid: o.event.sendid.clone(),
+                reason,
+            };
+            shared.workers.send_internal(&from, cmd);
+        }
+        Err(Failure::Transient(reason)) => {
+            tracing::info!(session = %from, "{reason}; delivery will be retried");
+        }
     }
 }
 
-async fn post(shared: &Shared, to: &str, event: &Event) -> Result<(), String> {
-    let node = owner_node(to).ok_or_else(|| format!("\"{to}\" is not a session id"))?;
-    let url = shared
-        .node_url(node)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("node {node} of session {to} has no primary"))?;
+/// POSTs `event` with its outbox key to the node of session `to`; the receiver answers
+/// once the event's macrostep (and the key) is durable there, or at once if it holds the
+/// key already.
+pub(crate) async fn post(
+    shared: &Shared,
+    to: &str,
+    event: &Event,
+    key: &str,
+) -> Result<(), Failure> {
+    let node = owner_node(to)
+        .ok_or_else(|| Failure::Permanent(format!("\"{to}\" is not a session id")))?;
+    let url = match shared.node_url(node).await {
+        Ok(Some(url)) => url,
+        Err(e) => return Err(Failure::Transient(e.to_string())),
+        // A node that ever ran has a lease record: it is between primaries (or down),
+        // and the event waits for it. Without one there is no such node.
+        Ok(None) => {
+            let why = format!("node {node} of session {to} has no primary");
+            return Err(match shared.store.read_lease(node).await {
+                Ok(None) => Failure::Permanent(format!("{why}: there is no node {node}")),
+                _ => Failure::Transient(why),
+            });
+        }
+    };
     let mut target = format!("{}{}", url.trim_end_matches('/'), deliver_path(to));
     // The node's address may answer 307 to its primary: followed here, a few hops at
     // most, so the peer token goes only to the cluster's own processes.
@@ -43,10 +74,11 @@ async fn post(shared: &Shared, to: &str, event: &Event) -> Result<(), String> {
     let r = loop {
         let r = shared
             .peer_request(reqwest::Method::POST, &target)
+            .header("idempotency-key", key)
             .json(event)
             .send()
             .await
-            .map_err(|e| format!("POST {target} failed: {e}"))?;
+            .map_err(|e| Failure::Transient(format!("POST {target} failed: {e}")))?;
         let location = r
             .headers()
             .get(reqwest::header::LOCATION)
@@ -59,11 +91,17 @@ async fn post(shared: &Shared, to: &str, event: &Event) -> Result<(), String> {
             _ => break r,
         }
     };
-    if r.status().is_success() {
-        Ok(())
+    let status = r.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = r.text().await.unwrap_or_default();
+    let why = format!("session {to} on node {node}: HTTP {status} {body}");
+    // The session is not there (404), refuses events for good (409: quarantined), or
+    // the event is malformed (400): trying again cannot help.
+    if matches!(status.as_u16(), 400 | 404 | 409 | 410) {
+        Err(Failure::Permanent(why))
     } else {
-        let status = r.status();
-        let body = r.text().await.unwrap_or_default();
-        Err(format!("session {to} on node {node}: HTTP {status} {body}"))
+        Err(Failure::Transient(why))
     }
 }

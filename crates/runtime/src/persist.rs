@@ -13,6 +13,8 @@ use ors_scxml::host::{Hosted, ParentLink};
 use ors_store::{Fence, ScheduleEntry, SessionStore, SessionWrite, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::outbox::Outgoing;
+
 /// What is stored for a session: the engine snapshot plus its place in the session tree.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct StoredSession {
@@ -32,6 +34,10 @@ pub(crate) struct StoredSession {
     /// Why the session is quarantined: it is never run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<String>,
+    /// Events it sent whose schedule entries are not known to be stored yet (see
+    /// `outbox.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Outgoing>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -40,7 +46,11 @@ fn is_zero(n: &u32) -> bool {
 
 impl StoredSession {
     /// The bytes of a session (only persisted sessions are stored, so `persist` is true).
-    pub fn of<M>(h: &mut Hosted<M>, keys: Vec<(String, u64)>) -> Result<Vec<u8>, String> {
+    pub fn of<M>(
+        h: &mut Hosted<M>,
+        keys: Vec<(String, u64)>,
+        outbox: Vec<Outgoing>,
+    ) -> Result<Vec<u8>, String> {
         let snapshot = h.session.snapshot().map_err(|e| e.to_string())?;
         let stored = StoredSession {
             snapshot,
@@ -51,6 +61,7 @@ impl StoredSession {
             crashes: 0,
             keys,
             quarantined: None,
+            outbox,
         };
         stored.encode()
     }
@@ -92,6 +103,14 @@ pub(crate) struct Plan {
     pub schedule_removals: Vec<(String, String)>,
     /// Removals that failed in an earlier batch.
     pub retried_removals: Vec<String>,
+    /// `(session, entry)`: outbox entries of the events a session sent, put after its
+    /// snapshot (before its record's deletion, if it ended).
+    pub outbox_puts: Vec<(String, ScheduleEntry)>,
+    /// Outbox entries whose put failed in an earlier batch (their sender's state holds
+    /// them meanwhile).
+    pub retried_outbox: Vec<(String, ScheduleEntry)>,
+    /// A session of this batch ran an event delivered from another session's outbox.
+    pub delivered: bool,
 }
 
 /// What came of a [`Plan`].
@@ -105,6 +124,10 @@ pub(crate) struct Outcome {
     pub due: Vec<u64>,
     /// Entry removals to retry later.
     pub removals_left: Vec<String>,
+    /// `(session, entry id)`: outbox entries stored.
+    pub outbox_stored: Vec<(String, String)>,
+    /// Outbox entries to put again later.
+    pub outbox_left: Vec<(String, ScheduleEntry)>,
 }
 
 /// Carries out a plan. Timers first: an entry without its snapshot fires as a no-op; a
@@ -152,6 +175,30 @@ pub(crate) async fn persist(
             }
         }
     }
+    // Outbox entries: after the snapshot that holds them, before a deletion that
+    // forgets them. A failed put fails an ending session (it rolls back); a live one
+    // keeps the entry in its state and the put is retried.
+    let ending: HashSet<&str> = plan.deletions.iter().map(String::as_str).collect();
+    let fresh = plan.outbox_puts.iter().map(|p| (p, true));
+    let retried = plan.retried_outbox.iter().map(|p| (p, false));
+    for ((sid, entry), fresh) in fresh.chain(retried) {
+        if fresh && out.failed.contains_key(sid) {
+            continue;
+        }
+        match store.put_schedule(entry).await {
+            Ok(()) => {
+                out.due.push(entry.due_ms);
+                out.outbox_stored.push((sid.clone(), entry.id.clone()));
+            }
+            Err(e) if fresh && ending.contains(sid.as_str()) => {
+                out.failed.insert(sid.clone(), e);
+            }
+            Err(e) => {
+                tracing::warn!(session = %sid, entry = %entry.id, error = %e, "cannot store an outbox entry; will retry");
+                out.outbox_left.push((sid.clone(), entry.clone()));
+            }
+        }
+    }
     for sid in &plan.deletions {
         if out.failed.contains_key(sid) {
             continue;
@@ -159,6 +206,9 @@ pub(crate) async fn persist(
         if let Err(e) = store.delete_session(sid, fence).await {
             out.failed.insert(sid.clone(), e);
         }
+    }
+    if plan.delivered {
+        crate::outbox::crash_at("receiver-written");
     }
     // Housekeeping, only for sessions whose new state is durable: a session that is
     // rolled back may still need the timer its lost step cancelled.
@@ -366,5 +416,42 @@ mod tests {
         ));
         assert!(store.inner.read_session("n-a").await.unwrap().is_none());
         assert_eq!(out.versions, [("n-c".to_string(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn outbox_entries_follow_the_snapshot_and_precede_the_deletion() {
+        let store = Flaky {
+            refuse_schedule_puts: true,
+            ..Flaky::default()
+        };
+        let plan = Plan {
+            snapshots: vec![snapshot("n-live")],
+            deletions: vec!["n-ended".into()],
+            outbox_puts: vec![
+                ("n-live".into(), entry("n-live#o1", "n-live")),
+                ("n-ended".into(), entry("n-ended#o1", "n-ended")),
+            ],
+            ..Plan::default()
+        };
+        store
+            .inner
+            .write_session(SessionWrite {
+                id: "n-ended",
+                node: "n",
+                document: "doc",
+                snapshot: b"{}",
+                expected_version: None,
+                fence: 1,
+            })
+            .await
+            .unwrap();
+        let out = persist(&store, "n", 1, plan).await;
+        // The live sender's state (which holds the event) is durable; the put waits.
+        assert_eq!(out.versions, [("n-live".to_string(), 1)]);
+        assert_eq!(out.outbox_left.len(), 1);
+        assert_eq!(out.outbox_left[0].0, "n-live");
+        // The ended sender would forget the event with its record: it is not deleted.
+        assert!(out.failed.contains_key("n-ended"));
+        assert!(store.inner.read_session("n-ended").await.unwrap().is_some());
     }
 }

@@ -22,6 +22,25 @@ pub enum Job {
         /// The session to terminate.
         session: String,
     },
+    /// An event one session sent another, until the receiver has it durably.
+    Deliver(Delivery),
+}
+
+/// An event between sessions (the sender's outbox entry): delivered with its key, which
+/// the receiver remembers, so delivering it again applies it once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The sending session.
+    pub from: String,
+    /// The receiving session.
+    pub to: String,
+    /// Unique per event; also the entry's id.
+    pub key: String,
+    /// The event, as the receiver gets it.
+    pub event: Value,
+    /// When it was sent (epoch milliseconds): an event still undelivered long after is
+    /// given up.
+    pub sent_ms: u64,
 }
 
 /// What a scheduled start needs: the id the caller was given, the stored document and
@@ -55,11 +74,13 @@ impl Job {
         format!("{session}#t{timer}")
     }
 
-    /// The session the job acts on (every job has one; a start names the one it creates).
+    /// The session the job acts on (every job has one; a start names the one it creates,
+    /// a delivery its sender, whose node delivers it).
     pub fn session(&self) -> &str {
         match self {
             Job::Timer { session, .. } | Job::Lifetime { session } => session,
             Job::Start(s) => &s.session,
+            Job::Deliver(d) => &d.from,
         }
     }
 
@@ -69,6 +90,7 @@ impl Job {
             Job::Timer { session, timer } => Job::timer_id(session, *timer),
             Job::Start(s) => format!("{}#start", s.session),
             Job::Lifetime { session } => format!("{session}#lifetime"),
+            Job::Deliver(d) => d.key.clone(),
         }
     }
 
@@ -91,6 +113,13 @@ impl Job {
                 ScheduleKind::TerminateSession,
                 Some(session.clone()),
                 Vec::new(),
+            ),
+            // Not tied to the sender's record either: a session that sends and ends in
+            // one macrostep is deleted before its event is delivered.
+            Job::Deliver(d) => (
+                ScheduleKind::DeliverEvent,
+                None,
+                serde_json::to_vec(d).expect("strings and JSON values serialise"),
             ),
         };
         ScheduleEntry {
@@ -124,6 +153,9 @@ impl Job {
             ScheduleKind::TerminateSession => Job::Lifetime {
                 session: e.session.clone().ok_or_else(|| bad("no session"))?,
             },
+            ScheduleKind::DeliverEvent => Job::Deliver(
+                serde_json::from_slice(&e.payload).map_err(|err| bad(&err.to_string()))?,
+            ),
             ScheduleKind::Other(_) => return Err(bad("unknown kind")),
         };
         if job.id() != e.id {
@@ -151,6 +183,13 @@ mod tests {
             Job::Lifetime {
                 session: "n1-c".into(),
             },
+            Job::Deliver(Delivery {
+                from: "n1-d".into(),
+                to: "n2-e".into(),
+                key: "n1-d#o1".into(),
+                event: serde_json::json!({"name": "ping"}),
+                sent_ms: 5,
+            }),
         ]
     }
 
@@ -167,7 +206,7 @@ mod tests {
     #[test]
     fn ids_are_the_ones_stored_by_earlier_versions() {
         let ids: Vec<String> = jobs().iter().map(Job::id).collect();
-        assert_eq!(ids, ["n1-a#t7", "n1-b#start", "n1-c#lifetime"]);
+        assert_eq!(ids, ["n1-a#t7", "n1-b#start", "n1-c#lifetime", "n1-d#o1"]);
         // A start entry written before this crate existed.
         let old = ScheduleEntry {
             id: "n1-b#start".into(),

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use ors_store::{ScheduleEntry, SessionStore};
 use tokio::sync::{Semaphore, mpsc};
 
-pub use job::{Job, JobError, ScheduledStart};
+pub use job::{Delivery, Job, JobError, ScheduledStart};
 
 /// Why a job could not be carried out this time; the scheduler retries it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -150,6 +150,8 @@ pub enum ScheduleKind {
     StartSession,
     /// Termination of a session that ran too long.
     TerminateSession,
+    /// An event from one session to another, until it is delivered.
+    DeliverEvent,
     /// A kind of a newer or foreign writer, kept as written.
     Other(String),
 }
@@ -161,6 +163,7 @@ impl ScheduleKind {
             ScheduleKind::DelayedSend => "delayed-send",
             ScheduleKind::StartSession => "start-session",
             ScheduleKind::TerminateSession => "terminate-session",
+            ScheduleKind::DeliverEvent => "deliver-event",
             ScheduleKind::Other(s) => s,
         }
     }
@@ -170,6 +173,7 @@ impl ScheduleKind {
             "delayed-send" => ScheduleKind::DelayedSend,
             "start-session" => ScheduleKind::StartSession,
             "terminate-session" => ScheduleKind::TerminateSession,
+            "deliver-event" => ScheduleKind::DeliverEvent,
             other => ScheduleKind::Other(other.to_string()),
         }
     }

@@ -1,10 +1,15 @@
-//! `ors-load-bench --ors target/release/ors [--idle 100000] [--nodes 1,2,3]`
+//! `ors-load-bench --ors target/release/ors [--idle 100000] [--nodes 1,2,3] [--relay]`
 //!
 //! Starts the given `ors` binary (embedded store, then Redis if `redis-server` is
 //! installed) on loopback and reports, with 64 concurrent HTTP clients:
 //! sessions started/s, acknowledged (durable) events/s over 1,000 sessions with p50/p99
 //! latency; then the server's resident memory with `--idle` idle sessions. The clients
 //! run on the same 2-core machine as the server, so they take CPU from it.
+//!
+//! `--relay`: only the figures for events between sessions: every event a client sends
+//! makes its session send one to the next session (a ring over the 1,000 sessions, so
+//! about half of them cross workers, through the outbox). Reports acknowledged events/s
+//! and checks, once the relays are done, that each was run exactly once.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,6 +21,16 @@ const DOC: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0
   <datamodel><data id="n" expr="0"/></datamodel>
   <state id="s">
     <transition event="inc" cond="n &gt;= 0"><assign location="n" expr="n + 1"/></transition>
+  </state>
+</scxml>"#;
+
+/// For `--relay`: each `inc` sends `relayed` to the session's peer.
+const RELAY_DOC: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <datamodel><data id="n" expr="0"/><data id="got" expr="0"/><data id="peer" expr="''"/></datamodel>
+  <state id="s">
+    <transition event="peer"><assign location="peer" expr="_event.data.to"/></transition>
+    <transition event="inc"><assign location="n" expr="n + 1"/><send event="relayed" targetexpr="'#_scxml_' + peer"/></transition>
+    <transition event="relayed"><assign location="got" expr="got + 1"/></transition>
   </state>
 </scxml>"#;
 
@@ -160,6 +175,65 @@ async fn nodes(bin: &str, n: usize) {
     );
 }
 
+/// The `--relay` figures on one store.
+async fn relay(name: &str, bin: &str, extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bench.scxml"), RELAY_DOC).unwrap();
+    let s = start_server(bin, &dir.path().join("data"), dir.path(), extra);
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .unwrap();
+    let (ids, _) = start_sessions(&c, &s.url, SESSIONS).await;
+    for (i, sid) in ids.iter().enumerate() {
+        let to = &ids[(i + 1) % ids.len()];
+        let r = c
+            .post(format!("{}/scxml/session/{sid}/event/peer", s.url))
+            .form(&[("to", to.as_str())])
+            .send()
+            .await
+            .expect("peer");
+        assert_eq!(r.status(), 200);
+    }
+    let (rate, p50, p99) = events(&c, event_urls(&s.url, &ids), 10).await;
+    // Every relay lands, once: the sum of `got` reaches the sum of `n` and stays there.
+    let t = Instant::now();
+    let totals = || async {
+        let (mut sent, mut got) = (0u64, 0u64);
+        for sid in &ids {
+            let q: serde_json::Value = c
+                .get(format!("{}/scxml/session/{sid}/query", s.url))
+                .send()
+                .await
+                .expect("query")
+                .json()
+                .await
+                .expect("json");
+            sent += q["datamodel"]["n"].as_u64().unwrap_or(0);
+            got += q["datamodel"]["got"].as_u64().unwrap_or(0);
+        }
+        (sent, got)
+    };
+    let (sent, got) = loop {
+        let (sent, got) = totals().await;
+        if got >= sent || t.elapsed() > Duration::from_secs(60) {
+            break (sent, got);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "{name:<9} relay: durable events/s {rate:>8.0}  p50 {:>6.2} ms  p99 {:>6.2} ms | {sent} relays sent, {got} run ({})",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        if got == sent {
+            "exactly once"
+        } else {
+            "MISMATCH"
+        }
+    );
+    assert_eq!(got, sent, "every relay runs exactly once");
+}
+
 async fn run(name: &str, bin: &str, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bench.scxml"), DOC).unwrap();
@@ -186,6 +260,13 @@ async fn main() {
     let idle: usize = arg("--idle")
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    if args.iter().any(|a| a == "--relay") {
+        relay("embedded", &bin, &[]).await;
+        let redis = ors_testsupport::RedisServer::start(false);
+        let url = redis.url();
+        relay("redis", &bin, &["--store", "redis", "--redis-url", &url]).await;
+        return;
+    }
     // `--nodes 1,2,3`: only the cluster figures.
     if let Some(list) = arg("--nodes") {
         for n in list.split(',').filter_map(|n| n.parse::<usize>().ok()) {

@@ -18,6 +18,8 @@ pub struct Server {
     /// `ulimit -v` for the process, in KiB: a script's runaway allocation then fails
     /// (and aborts the process) long before it could hurt the machine.
     memory_limit_kib: Option<u64>,
+    /// Environment variables for the next spawns (e.g. `ORS_FAILPOINT`).
+    pub envs: Vec<(String, String)>,
 }
 
 pub fn docs_dir() -> tempfile::TempDir {
@@ -38,6 +40,7 @@ impl Server {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             config: cfg,
             memory_limit_kib: None,
+            envs: Vec::new(),
         };
         s.spawn();
         s
@@ -93,6 +96,7 @@ impl Server {
             .arg(&self.config)
             .args(&self.extra)
             .env("ORS_LOG", "warn")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

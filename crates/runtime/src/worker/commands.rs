@@ -8,6 +8,7 @@ use ors_scxml::session::QueueError;
 use serde_json::Value;
 
 use super::{Batch, Command, Worker};
+use crate::outbox::Failure;
 use crate::{QueryResult, RuntimeError, now_ms};
 
 impl Worker {
@@ -70,19 +71,57 @@ impl Worker {
                     }
                 }
             }
-            Command::Deliver { from, to, event } => {
+            Command::Deliver {
+                from,
+                to,
+                event,
+                key,
+            } => {
                 let sendid = event.sendid.clone();
                 let result = match self.ensure_loaded(&to).await {
-                    Ok(()) => self.host.push(&to, event).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                    // Delivered before (its outbox entry fired again): not run twice.
+                    Ok(())
+                        if self
+                            .host
+                            .get(&to)
+                            .is_some_and(|h| h.meta.keys.contains(&key)) =>
+                    {
+                        Ok(())
+                    }
+                    Ok(()) => match self.host.push(&to, event) {
+                        Ok(()) => {
+                            if let Some(h) = self.host.get_mut(&to) {
+                                h.meta.keys.add(key.clone(), now_ms());
+                            }
+                            Ok(())
+                        }
+                        Err(PushError::Queue(QueueError::Full(n))) => Err(Failure::Transient(
+                            format!("the queue of session {to} is full ({n} events)"),
+                        )),
+                        Err(e) => Err(Failure::Permanent(format!("session {to}: {e}"))),
+                    },
+                    Err(e) => Err(Failure::of(&e)),
                 };
-                if let Err(reason) = result {
-                    let back = Command::Undeliverable {
-                        from: from.clone(),
-                        sendid,
-                        reason,
-                    };
-                    batch.remote.push((None, from, back));
+                match result {
+                    Ok(()) => {
+                        // The entry goes once the receiver's state (with the key) is
+                        // durable.
+                        batch.plan.schedule_removals.push((to, key));
+                        batch.plan.delivered = true;
+                    }
+                    Err(Failure::Permanent(reason)) => {
+                        batch.plan.schedule_removals.push((to, key));
+                        let back = Command::Undeliverable {
+                            from: from.clone(),
+                            sendid,
+                            reason,
+                        };
+                        batch.remote.push((None, from, back));
+                    }
+                    // The entry fires later and tries again.
+                    Err(Failure::Transient(reason)) => {
+                        tracing::info!(session = %from, "{reason}; delivery will be retried");
+                    }
                 }
             }
             Command::Undeliverable {

@@ -52,11 +52,12 @@ pub(crate) enum Command {
         key: Option<String>,
         reply: Reply<()>,
     },
-    /// An event from session `from` (on another worker) to `to`.
+    /// An event from session `from` (on another worker) to `to`, with its outbox key.
     Deliver {
         from: String,
         to: String,
         event: Event,
+        key: String,
     },
     /// A send of `from` could not be delivered: raise `error.communication` in it.
     Undeliverable {
@@ -101,6 +102,8 @@ pub(crate) struct Slot {
     last_active: Instant,
     /// Idempotency keys of the events it ran recently.
     keys: crate::idempotency::RecentKeys,
+    /// Events it sent whose outbox entries are not stored yet.
+    outbox: Vec<crate::outbox::Outgoing>,
 }
 
 /// What a batch produced that waits for its durable write. Work for elsewhere is tagged
@@ -116,7 +119,8 @@ struct Batch {
     /// `(from, target URL, event)`: BasicHTTP sends to other servers.
     http: Vec<(String, String, Event)>,
     /// `(from, to, event)`: SCXML sends to sessions of other nodes.
-    other_nodes: Vec<(String, String, Event)>,
+    /// `(sender, event)`: events for sessions of other nodes.
+    other_nodes: Vec<(String, crate::outbox::Outgoing)>,
 }
 
 struct Worker {
@@ -127,6 +131,8 @@ struct Worker {
     main: tokio::runtime::Handle,
     /// Schedule entries whose removal failed; retried with the next batch.
     removals_left: Vec<String>,
+    /// Outbox entries whose put failed; retried with the next batch.
+    outbox_left: Vec<(String, ors_store::ScheduleEntry)>,
 }
 
 pub(crate) fn run(shared: Arc<Shared>, me: usize, mut inbox: Inbox, main: tokio::runtime::Handle) {
@@ -152,6 +158,7 @@ pub(crate) fn run(shared: Arc<Shared>, me: usize, mut inbox: Inbox, main: tokio:
         host,
         main,
         removals_left: Vec::new(),
+        outbox_left: Vec::new(),
     };
     rt.block_on(async {
         let mut idle_scan = tokio::time::interval(Duration::from_secs(1));
@@ -282,6 +289,11 @@ impl Worker {
             let Some(h) = self.host.get_mut(&sid) else {
                 continue;
             };
+            let due = now_ms() + crate::outbox::RETRY_AFTER.as_millis() as u64;
+            for o in &h.meta.outbox {
+                let entry = o.entry(&sid, due);
+                batch.plan.outbox_puts.push((sid.clone(), entry));
+            }
             if ended.contains(&sid) {
                 if h.meta.version.is_some() {
                     batch.plan.deletions.push(sid);
@@ -292,7 +304,8 @@ impl Worker {
                 continue;
             }
             let keys = h.meta.keys.to_stored();
-            match StoredSession::of(h, keys) {
+            let outbox = h.meta.outbox.clone();
+            match StoredSession::of(h, keys, outbox) {
                 Ok(bytes) => batch.plan.snapshots.push(SnapshotWrite {
                     document: h.meta.document.clone(),
                     expected: h.meta.version,
@@ -306,6 +319,7 @@ impl Worker {
             }
         }
         batch.plan.retried_removals = std::mem::take(&mut self.removals_left);
+        batch.plan.retried_outbox = std::mem::take(&mut self.outbox_left);
         let store = self.shared.store.clone();
         let node = self.shared.cfg.node_id.clone();
         let fence = self.shared.fence();
@@ -361,6 +375,22 @@ impl Worker {
                 h.meta.version = Some(version);
             }
         }
+        if !batch.other_nodes.is_empty()
+            || batch
+                .remote
+                .iter()
+                .any(|(_, _, c)| matches!(c, Command::Deliver { .. }))
+        {
+            // A sender's state is durable; its events are not delivered, nothing is
+            // acknowledged yet.
+            crate::outbox::crash_at("sender-written");
+        }
+        for (sid, key) in &outcome.outbox_stored {
+            if let Some(h) = self.host.get_mut(sid) {
+                h.meta.outbox.retain(|o| o.key != *key);
+            }
+        }
+        self.outbox_left = outcome.outbox_left;
         if outcome
             .failed
             .values()
@@ -414,10 +444,10 @@ impl Worker {
                 self.shared.workers.send_internal(&to, cmd);
             }
         }
-        for (from, to, event) in batch.other_nodes {
+        for (from, outgoing) in batch.other_nodes {
             if !failed.contains_key(&from) {
                 self.main
-                    .spawn(crate::nodes::deliver(self.shared.clone(), from, to, event));
+                    .spawn(crate::nodes::deliver(self.shared.clone(), from, outgoing));
             }
         }
         for (from, target, event) in batch.http {

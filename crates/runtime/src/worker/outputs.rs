@@ -8,21 +8,28 @@ use ors_scxml::host::{CANCELLED, Output, ParentLink};
 use ors_scxml::{Document, InvokeSource};
 
 use super::{Batch, Command, Worker};
+use crate::outbox::Outgoing;
 use crate::{ResponseData, RuntimeError, now_ms, owner_node};
 
 impl Worker {
     pub(super) async fn carry_out(&mut self, out: Output, batch: &mut Batch) {
         match out {
             Output::Forward { from, to, event } => {
+                // Into the sender's outbox: stored with its state, delivered after.
+                let outgoing = Outgoing::new(&from, to.clone(), event);
+                if let Some(h) = self.host.get_mut(&from) {
+                    h.meta.outbox.push(outgoing.clone());
+                }
                 if owner_node(&to) == Some(self.shared.cfg.node_id.as_str()) {
                     let cmd = Command::Deliver {
                         from: from.clone(),
                         to: to.clone(),
-                        event,
+                        event: outgoing.event,
+                        key: outgoing.key,
                     };
                     batch.remote.push((Some(from), to, cmd));
                 } else {
-                    batch.other_nodes.push((from, to, event));
+                    batch.other_nodes.push((from, outgoing));
                 }
             }
             Output::Load { session } => match self.load(&session).await {

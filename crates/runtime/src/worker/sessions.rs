@@ -79,6 +79,24 @@ impl Worker {
         let session = Session::restore(doc, dm, &stored.snapshot).map_err(|e| {
             RuntimeError::Internal(format!("session {sid} cannot be restored: {e}"))
         })?;
+        if !stored.outbox.is_empty() {
+            // Sent by a step that is durable, but the process may have died before their
+            // entries were stored: store them (again) now, due at once.
+            let store = self.shared.store.clone();
+            let entries: Vec<_> = stored
+                .outbox
+                .iter()
+                .map(|o| o.entry(sid, crate::now_ms()))
+                .collect();
+            self.on_main(async move {
+                for e in &entries {
+                    store.put_schedule(e).await?;
+                }
+                Ok::<_, ors_store::StoreError>(())
+            })
+            .await??;
+            self.shared.scheduler.wake_at(crate::now_ms());
+        }
         Ok(Hosted {
             session: self.prepare(session),
             parent: stored.parent_link(),
@@ -89,6 +107,7 @@ impl Worker {
                 persist: stored.persist,
                 last_active: Instant::now(),
                 keys: crate::idempotency::RecentKeys::from_stored(stored.keys),
+                outbox: Vec::new(),
             },
         })
     }
@@ -144,6 +163,7 @@ impl Worker {
             persist: doc.persist.unwrap_or(self.shared.cfg.persistence_default),
             last_active: Instant::now(),
             keys: Default::default(),
+            outbox: Vec::new(),
         };
         if self.host.start(session, params, parent, slot, now_ms())
             && let Some(life) = self.shared.cfg.max_session_lifetime
