@@ -1,6 +1,7 @@
 //! A CPU bomb and a memory bomb on a one-worker server with 1 GiB of address space: each
 //! is stopped by its macrostep's budget, its session is aborted, the process stays up,
 //! and another session on the same worker answers within a second while the bomb runs.
+//! Then the issue's crash loop (the bomb behind a delayed send): stopped the first time.
 
 mod e2e;
 
@@ -14,6 +15,8 @@ const DOC: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0
     <transition event="cpu"><script>function f(n) { if (n &gt; 0) { f(n - 1); f(n - 1); } } f(60);</script></transition>
     <transition event="memory"><script>var s = 'x'; for (;;) { try { s = s + s; } catch (e) {} }</script></transition>
     <transition event="inc"><assign location="n" expr="n + 1"/></transition>
+    <transition event="arm"><send event="boom" delay="300ms"/></transition>
+    <transition event="boom"><script>var a = []; for (var i = 0; i &lt; 200; i++) { a.push(new Array(1000000)); a[i].fill(1); }</script></transition>
   </state>
 </scxml>"#;
 
@@ -54,12 +57,19 @@ async fn bombs_are_stopped_by_their_budget_and_the_worker_goes_on() {
         wait_for(&c, &s, &bomb, 10, |_, q| q["done"] == true).await;
         assert!(s.exited().is_none(), "the process is up");
     }
+    // The issue's crash loop: the bomb reached by a delayed send, from a durable timer.
+    // The budget stops it the first time; nothing crashes, nothing runs it again.
+    let bomb = start(&c, &s, "bomb.scxml", &[]).await;
+    let url = format!("{}/scxml/session/{bomb}/event/arm", s.url);
+    assert_eq!(post(&c, &url, &[]).await.0, 200);
+    wait_for(&c, &s, &bomb, 30, |_, q| q["done"] == true).await;
+    assert!(s.exited().is_none(), "the process is up");
     let (_, q) = query(&c, &s, &innocent).await;
     assert_eq!(q["datamodel"]["n"], 2, "{q}");
     let (_, metrics) = get(&c, &format!("{}/metrics", s.url)).await;
     let metrics = metrics.as_str().unwrap_or_default().to_string();
     assert!(
-        metrics.contains("ors_sessions_aborted_total{cause=\"budget\"} 2"),
+        metrics.contains("ors_sessions_aborted_total{cause=\"budget\"} 3"),
         "{metrics}"
     );
 }

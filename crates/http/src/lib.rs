@@ -581,7 +581,11 @@ async fn deliver(
             );
         }
     };
-    match s.rt.send_event_once(&id, event, key).await {
+    let sent = match key {
+        Some(key) => s.rt.deliver_event(&id, event, key).await,
+        None => s.rt.send_event(&id, event).await,
+    };
+    match sent {
         Ok(()) => axum::Json(json!({ "sessionid": id, "status": "delivered" })).into_response(),
         Err(e) => runtime_error(e),
     }

@@ -23,9 +23,12 @@ pub const MAX_KEYS: usize = 256;
 /// The longest key accepted.
 pub const MAX_KEY_LEN: usize = 200;
 
-/// Whether `key` can be used as an idempotency key (printable ASCII, not too long).
+/// Whether `key` can be a client's idempotency key (printable ASCII but `#`, which only
+/// the keys of events between sessions have, so a client's key never matches one).
 pub(crate) fn valid(key: &str) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| (0x21..0x7f).contains(&b))
+    !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && key.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'#')
 }
 
 /// `BadRequest` for a key that cannot be one.
@@ -34,8 +37,19 @@ pub(crate) fn check(key: &str) -> Result<(), crate::RuntimeError> {
         return Ok(());
     }
     Err(crate::RuntimeError::BadRequest(format!(
-        "an Idempotency-Key is 1 to {MAX_KEY_LEN} printable ASCII characters"
+        "an Idempotency-Key is 1 to {MAX_KEY_LEN} printable ASCII characters other than #"
     )))
+}
+
+/// `BadRequest` for the key of an event between sessions (see `outbox.rs`).
+pub(crate) fn check_delivery(key: &str) -> Result<(), crate::RuntimeError> {
+    let printable = key.bytes().all(|b| (0x21..0x7f).contains(&b));
+    if key.len() <= MAX_KEY_LEN && printable && key.contains("#o") {
+        return Ok(());
+    }
+    Err(crate::RuntimeError::BadRequest(
+        "not the key of an event between sessions".into(),
+    ))
 }
 
 /// The id of the session a keyed start of `src` creates on node `node`.
@@ -99,6 +113,8 @@ mod tests {
     fn keys_and_start_ids() {
         assert!(valid("0f8fad5b-d9cb-469f-a165-70867728950e"));
         assert!(!valid("") && !valid("has space") && !valid(&"x".repeat(201)));
+        assert!(!valid("node1-a#o1.2"), "an outbox key is not a client's");
+        assert!(check_delivery("node1-a#o1.2").is_ok() && check_delivery("k1").is_err());
         let a = session_id("node1", "k1", "a.scxml");
         assert_eq!(a, session_id("node1", "k1", "a.scxml"));
         assert_ne!(a, session_id("node1", "k1", "b.scxml"));

@@ -94,36 +94,40 @@ impl JobRunner {
                 return Ok(());
             }
         };
-        let sendid = event.sendid.clone();
-        let undeliverable = |reason: String| {
-            tracing::info!(session = %d.from, "{reason}");
-            let cmd = Command::Undeliverable {
-                from: d.from.clone(),
-                sendid: sendid.clone(),
-                reason,
+        // The sender hears what came of it (and drops it from its outbox); a sender that
+        // ended hears nothing, and a failure is then only logged.
+        let tell = |failure: Option<Failure>| {
+            let (from, key) = (d.from.clone(), d.key.clone());
+            let cmd = match failure {
+                None => Command::Delivered { from, key },
+                Some(failure) => Command::DeliveryFailed { from, key, failure },
             };
             shared.workers.send_internal(&d.from, cmd);
         };
         if now_ms() > d.sent_ms + GIVE_UP_AFTER.as_millis() as u64 {
-            undeliverable(format!(
+            tell(Some(Failure::Permanent(format!(
                 "the event for session {} was not delivered within {} s",
                 d.to,
                 GIVE_UP_AFTER.as_secs()
-            ));
+            ))));
             return Ok(());
         }
         let result = if owner_node(&d.to) == Some(self.runtime.node_id()) {
             self.runtime
-                .send_event_once(&d.to, event, Some(d.key.clone()))
+                .deliver_event(&d.to, event, d.key.clone())
                 .await
                 .map_err(|e| Failure::of(&e))
         } else {
             crate::nodes::post(shared, &d.to, &event, &d.key).await
         };
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                tell(None);
+                Ok(())
+            }
             Err(Failure::Permanent(reason)) => {
-                undeliverable(reason);
+                tracing::info!(session = %d.from, "{reason}");
+                tell(Some(Failure::Permanent(reason)));
                 Ok(())
             }
             Err(Failure::Transient(reason)) => Err(FireError(reason)),

@@ -681,10 +681,32 @@ impl Runtime {
         event: Event,
         key: Option<String>,
     ) -> Result<(), RuntimeError> {
-        self.shared.check_owner(sid)?;
         if let Some(k) = &key {
             idempotency::check(k)?;
         }
+        self.event_with_key(sid, event, key).await
+    }
+
+    /// An event another session sent `sid` (through another node, or again from the
+    /// sender's outbox), with the sender's outbox key: run once, however often it comes
+    /// (see `outbox.rs`). Answered once durable.
+    pub async fn deliver_event(
+        &self,
+        sid: &str,
+        event: Event,
+        key: String,
+    ) -> Result<(), RuntimeError> {
+        idempotency::check_delivery(&key)?;
+        self.event_with_key(sid, event, Some(key)).await
+    }
+
+    async fn event_with_key(
+        &self,
+        sid: &str,
+        event: Event,
+        key: Option<String>,
+    ) -> Result<(), RuntimeError> {
+        self.shared.check_owner(sid)?;
         if event.name.is_empty() || event.name.split('.').any(str::is_empty) {
             return Err(RuntimeError::BadRequest(format!(
                 "\"{}\" is not a valid event name",

@@ -17,30 +17,21 @@ pub fn deliver_path(sid: &str) -> String {
     format!("/scxml/session/{sid}/deliver")
 }
 
-/// The fast path of an outbox entry to another node: on success the entry is deleted;
-/// a receiver that does not exist raises `error.communication` in the sender; anything
-/// else leaves the entry to fire and try again (see `outbox.rs`).
+/// Delivers an outbox event to another node and tells the sender what came of it
+/// (see `outbox.rs`).
 pub(crate) async fn deliver(shared: Arc<Shared>, from: String, o: Outgoing) {
-    match post(&shared, &o.to, &o.event, &o.key).await {
-        Ok(()) => {
-            if let Err(e) = shared.store.delete_schedule(&o.key).await {
-                tracing::info!(entry = %o.key, error = %e, "a delivered event's entry stays; it fires as a no-op");
-            }
-        }
-        Err(Failure::Permanent(reason)) => {
-            tracing::info!(session = %from, "{reason}");
-            let _ = shared.store.delete_schedule(&o.key).await;
-            let cmd = Command::Undeliverable {
-                from: from.clone(),
-                sendid: o.event.sendid.clone(),
-                reason,
-            };
-            shared.workers.send_internal(&from, cmd);
-        }
-        Err(Failure::Transient(reason)) => {
-            tracing::info!(session = %from, "{reason}; delivery will be retried");
-        }
-    }
+    let cmd = match post(&shared, &o.to, &o.event, &o.key).await {
+        Ok(()) => Command::Delivered {
+            from: from.clone(),
+            key: o.key,
+        },
+        Err(failure) => Command::DeliveryFailed {
+            from: from.clone(),
+            key: o.key,
+            failure,
+        },
+    };
+    shared.workers.send_internal(&from, cmd);
 }
 
 /// POSTs `event` with its outbox key to the node of session `to`; the receiver answers

@@ -1,33 +1,35 @@
 //! Events between sessions, exactly once: the sender's outbox.
 //!
 //! An event a session sends to a session of another worker or node (`<send
-//! target="#_scxml_<id>">`) gets a key unique to it and becomes part of the sender's
-//! durable state:
+//! target="#_scxml_<id>">`) gets a key unique to it and stays in the sender's outbox
+//! until the receiver has it:
 //!
 //! 1. The sender's snapshot (`StoredSession::outbox`) carries it, written by the same
-//!    store write as the macrostep that sent it.
-//! 2. A schedule entry of its own (`Job::Deliver`, id = the key, not tied to the sender's
-//!    record) is put right after that write (before the record's deletion if the sender
-//!    ended in the macrostep). Once the put succeeded the snapshot no longer needs it;
-//!    until then every later write of the sender carries it again, and a worker that
-//!    restores the sender after a crash puts it again.
-//! 3. After the batch is durable the event is delivered at once (the fast path). The
-//!    receiver records the key in the same durable write as the macrostep the event
-//!    runs in, and an event whose key it holds is not run again; once that write is
-//!    durable the schedule entry is deleted.
-//! 4. If the fast path did not get through (a crash, the receiver's node down), the
-//!    entry fires [`RETRY_AFTER`] later on the sender's node and delivers it again, and
-//!    again with the scheduler's backoff while the receiver is unreachable. A receiver
-//!    that does not exist, or an event still undelivered after [`GIVE_UP_AFTER`], raises
-//!    `error.communication` in the sender instead.
+//!    store write as the macrostep that sent it: no store work of its own on the way.
+//! 2. After that write the event is delivered (`Command::Deliver` on this node, a POST
+//!    to another). The receiver records the key in the same durable write as the
+//!    macrostep the event runs in, and does not run an event whose key it holds again.
+//! 3. Once the receiver's write is durable the sender hears so (`Command::Delivered`),
+//!    drops the event from its outbox and is written again (in its worker's next batch,
+//!    with whatever else that batch writes).
+//! 4. What did not get through is kept by a schedule entry of its own (`Job::Deliver`,
+//!    id = the key, not tied to the sender's record), which fires on the sender's node,
+//!    delivers again and reports back, with the scheduler's backoff: put when a delivery
+//!    failed for a reason that may pass (the receiver's node between primaries, its queue
+//!    full), when a worker restores a sender whose stored outbox is not empty (the
+//!    process died with events in flight), and before the record of a sender that ended
+//!    with events in flight is deleted. A receiver that does not exist, or an event still
+//!    undelivered after [`GIVE_UP_AFTER`], raises `error.communication` in the sender.
 //!
 //! So a crash at any point delivers the event once: before the sender's write nothing
 //! happened (the sender rolls back and its client was not answered); after it, the
-//! snapshot or the entry holds it until the receiver holds its key.
+//! sender's stored outbox (or the entry) holds the event until the receiver holds its key,
+//! and a redelivery of an event the receiver already ran finds the key.
 //!
 //! Limit: the receiver remembers the keys of its last
 //! [`crate::idempotency::MAX_KEYS`] keyed events; a redelivery that comes after more than
-//! that many other keyed events reached the same session would run again.
+//! that many other keyed events reached the same session would run again. Redeliveries
+//! happen only for events in flight when a process died.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::now_ms;
 
-/// When an event's entry fires if the fast path has not deleted it by then.
+/// When an event's entry first fires after it was put.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(3);
 /// An event still undelivered this long after it was sent is given up.
 pub(crate) const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
@@ -52,6 +54,9 @@ pub(crate) struct Outgoing {
     pub key: String,
     pub event: Event,
     pub sent_ms: u64,
+    /// Whether its schedule entry was put (and is to be removed once it is delivered).
+    #[serde(skip)]
+    pub scheduled: bool,
 }
 
 impl Outgoing {
@@ -71,10 +76,11 @@ impl Outgoing {
             key: format!("{from}#o{run:x}.{n:x}"),
             event,
             sent_ms: now_ms(),
+            scheduled: false,
         }
     }
 
-    /// Its schedule entry, due [`RETRY_AFTER`] from `now_ms` (or at once when `now`).
+    /// Its schedule entry, due at `due_ms`.
     pub fn entry(&self, from: &str, due_ms: u64) -> ScheduleEntry {
         Job::Deliver(Delivery {
             from: from.to_string(),
@@ -88,7 +94,7 @@ impl Outgoing {
 }
 
 /// When a delivery of an event failed: whether trying again can help.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Failure {
     /// The receiver does not exist (or never will take it): tell the sender.
     Permanent(String),

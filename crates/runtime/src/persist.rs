@@ -103,14 +103,10 @@ pub(crate) struct Plan {
     pub schedule_removals: Vec<(String, String)>,
     /// Removals that failed in an earlier batch.
     pub retried_removals: Vec<String>,
-    /// `(session, entry)`: outbox entries of the events a session sent, put after its
-    /// snapshot (before its record's deletion, if it ended).
-    pub outbox_puts: Vec<(String, ScheduleEntry)>,
-    /// Outbox entries whose put failed in an earlier batch (their sender's state holds
-    /// them meanwhile).
-    pub retried_outbox: Vec<(String, ScheduleEntry)>,
-    /// A session of this batch ran an event delivered from another session's outbox.
-    pub delivered: bool,
+    /// `(session, entry)`: for a session that ended with events still undelivered, the
+    /// entries that keep them once its record (and outbox) is deleted; put before the
+    /// deletion (see `outbox.rs`).
+    pub ending_outbox: Vec<(String, ScheduleEntry)>,
 }
 
 /// What came of a [`Plan`].
@@ -124,10 +120,6 @@ pub(crate) struct Outcome {
     pub due: Vec<u64>,
     /// Entry removals to retry later.
     pub removals_left: Vec<String>,
-    /// `(session, entry id)`: outbox entries stored.
-    pub outbox_stored: Vec<(String, String)>,
-    /// Outbox entries to put again later.
-    pub outbox_left: Vec<(String, ScheduleEntry)>,
 }
 
 /// Carries out a plan. Timers first: an entry without its snapshot fires as a no-op; a
@@ -175,27 +167,16 @@ pub(crate) async fn persist(
             }
         }
     }
-    // Outbox entries: after the snapshot that holds them, before a deletion that
-    // forgets them. A failed put fails an ending session (it rolls back); a live one
-    // keeps the entry in its state and the put is retried.
-    let ending: HashSet<&str> = plan.deletions.iter().map(String::as_str).collect();
-    let fresh = plan.outbox_puts.iter().map(|p| (p, true));
-    let retried = plan.retried_outbox.iter().map(|p| (p, false));
-    for ((sid, entry), fresh) in fresh.chain(retried) {
-        if fresh && out.failed.contains_key(sid) {
+    // An ending session's undelivered events: their entries before the deletion that
+    // forgets its outbox (or the session rolls back, its outbox intact).
+    for (sid, entry) in &plan.ending_outbox {
+        if out.failed.contains_key(sid) {
             continue;
         }
         match store.put_schedule(entry).await {
-            Ok(()) => {
-                out.due.push(entry.due_ms);
-                out.outbox_stored.push((sid.clone(), entry.id.clone()));
-            }
-            Err(e) if fresh && ending.contains(sid.as_str()) => {
-                out.failed.insert(sid.clone(), e);
-            }
+            Ok(()) => out.due.push(entry.due_ms),
             Err(e) => {
-                tracing::warn!(session = %sid, entry = %entry.id, error = %e, "cannot store an outbox entry; will retry");
-                out.outbox_left.push((sid.clone(), entry.clone()));
+                out.failed.insert(sid.clone(), e);
             }
         }
     }
@@ -206,9 +187,6 @@ pub(crate) async fn persist(
         if let Err(e) = store.delete_session(sid, fence).await {
             out.failed.insert(sid.clone(), e);
         }
-    }
-    if plan.delivered {
-        crate::outbox::crash_at("receiver-written");
     }
     // Housekeeping, only for sessions whose new state is durable: a session that is
     // rolled back may still need the timer its lost step cancelled.
@@ -419,19 +397,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn outbox_entries_follow_the_snapshot_and_precede_the_deletion() {
+    async fn an_ending_session_whose_undelivered_events_cannot_be_kept_is_not_deleted() {
         let store = Flaky {
             refuse_schedule_puts: true,
             ..Flaky::default()
-        };
-        let plan = Plan {
-            snapshots: vec![snapshot("n-live")],
-            deletions: vec!["n-ended".into()],
-            outbox_puts: vec![
-                ("n-live".into(), entry("n-live#o1", "n-live")),
-                ("n-ended".into(), entry("n-ended#o1", "n-ended")),
-            ],
-            ..Plan::default()
         };
         store
             .inner
@@ -445,12 +414,13 @@ mod tests {
             })
             .await
             .unwrap();
+        let plan = Plan {
+            deletions: vec!["n-ended".into()],
+            ending_outbox: vec![("n-ended".into(), entry("n-ended#o1", "n-ended"))],
+            ..Plan::default()
+        };
         let out = persist(&store, "n", 1, plan).await;
-        // The live sender's state (which holds the event) is durable; the put waits.
-        assert_eq!(out.versions, [("n-live".to_string(), 1)]);
-        assert_eq!(out.outbox_left.len(), 1);
-        assert_eq!(out.outbox_left[0].0, "n-live");
-        // The ended sender would forget the event with its record: it is not deleted.
+        // Deleting the record would forget the event: the session rolls back instead.
         assert!(out.failed.contains_key("n-ended"));
         assert!(store.inner.read_session("n-ended").await.unwrap().is_some());
     }

@@ -453,6 +453,77 @@ impl SessionStore for RedisStore {
         Ok(version)
     }
 
+    /// Standalone: the whole batch in one script, applied whole or not at all (so a
+    /// crash of the caller never leaves half a batch: two sessions that exchanged events
+    /// in it are both written, or neither), in one round trip. A cluster spreads the
+    /// sessions over slots, which one script cannot touch: one by one there.
+    async fn write_sessions(&self, writes: &[SessionWrite<'_>]) -> Vec<Result<u64>> {
+        let Some(first) = writes.first() else {
+            return Vec::new();
+        };
+        let one_node = writes
+            .iter()
+            .all(|w| w.node == first.node && w.fence == first.fence);
+        if self.clustered || !one_node {
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                out.push(self.write_session(*w).await);
+            }
+            return out;
+        }
+        let node = first.node;
+        let mut keys = vec![self.k_lease_token(&node_lease(node)), self.k_node(node)];
+        let mut args = vec![Value::from(first.fence as i64), str_arg(node)];
+        for w in writes {
+            keys.push(self.k_sess(w.id));
+            let expected = w
+                .expected_version
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            args.extend([
+                str_arg(w.id),
+                str_arg(&expected),
+                str_arg(w.document),
+                Value::Bytes(Bytes::copy_from_slice(w.snapshot)),
+            ]);
+        }
+        let what = format!("{} sessions of node {node}", writes.len());
+        let reply = match self.eval(scripts::WRITE_SESSIONS, keys, args, &what).await {
+            Ok(r) => list(r),
+            Err(e) => return writes.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut out = Vec::with_capacity(writes.len());
+        for (w, r) in writes.iter().zip(reply.chunks(3)) {
+            if text(r.first()).as_deref() != Some("ok") {
+                out.push(Err(session_error(
+                    w.id,
+                    node,
+                    r,
+                    w.expected_version,
+                    w.fence,
+                )));
+                continue;
+            }
+            let Some(version) = num(r.get(1)) else {
+                out.push(Err(StoreError::Other("no version in reply".into())));
+                continue;
+            };
+            if let Some(old) = text(r.get(2)).filter(|o| !o.is_empty() && o != node) {
+                let ok = self.k_node(&old);
+                if let Err(e) = self.pool.next().srem::<i64, _, _>(&ok, w.id).await {
+                    out.push(Err(map_err(&ok)(e)));
+                    continue;
+                }
+            }
+            out.push(Ok(version));
+        }
+        if out.len() < writes.len() {
+            let e = StoreError::Other("a short reply to a batch write".into());
+            out.resize(writes.len(), Err(e));
+        }
+        out
+    }
+
     async fn read_session(&self, id: &str) -> Result<Option<SessionRecord>> {
         let key = self.k_sess(id);
         let h: HashMap<String, Value> = self
@@ -516,6 +587,16 @@ impl SessionStore for RedisStore {
             .await
             .map_err(map_err(&nk))?;
         for e in reply.iter().skip(2).filter_map(|v| text(Some(v))) {
+            // An entry put again since for another session (or none) is not this one's.
+            let of: Option<String> = self
+                .pool
+                .next()
+                .hget(self.k_sch(&e), "session")
+                .await
+                .map_err(unavailable)?;
+            if of.as_deref() != Some(id) {
+                continue;
+            }
             self.pool
                 .next()
                 .del::<i64, _>(self.k_sch(&e))
@@ -607,6 +688,21 @@ impl SessionStore for RedisStore {
     }
 
     async fn put_schedule(&self, e: &ScheduleEntry) -> Result<()> {
+        // Put again for another session (or none): no longer in the old one's set.
+        let before: Option<String> = self
+            .pool
+            .next()
+            .hget(self.k_sch(&e.id), "session")
+            .await
+            .map_err(map_err(&format!("schedule {}", e.id)))?;
+        if let Some(old) = before.filter(|o| !o.is_empty() && Some(o) != e.session.as_ref()) {
+            let k = self.k_sess_sched(&old);
+            self.pool
+                .next()
+                .srem::<i64, _, _>(&k, &e.id)
+                .await
+                .map_err(map_err(&k))?;
+        }
         if let Some(s) = &e.session {
             let k = self.k_sess_sched(s);
             self.pool

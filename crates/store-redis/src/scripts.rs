@@ -42,6 +42,49 @@ return {'ok', tostring(ver), cur[3] or ''}
 "#
 );
 
+/// A batch of session writes as one script, so the batch is applied whole or not at all
+/// (standalone Redis; a cluster writes one by one). Each write is checked on its own, in
+/// order, as `WRITE_SESSION` does, and indexed under the node.
+/// KEYS[1] the node lease's token counter, KEYS[2] the node's index set, KEYS[3..] the
+/// session hashes. ARGV: fence, node, then per session: id, expected version ('' =
+/// create), document, snapshot.
+/// Reply: per session three values, as `WRITE_SESSION`'s (padded with '').
+pub const WRITE_SESSIONS: &str = r#"
+local fence = tonumber(ARGV[1])
+local nf = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local out = {}
+for i = 3, #KEYS do
+  local a = 3 + (i - 3) * 4
+  local r
+  if fence < nf then
+    r = {'fenced', tostring(nf), ''}
+  else
+    local cur = redis.call('HMGET', KEYS[i], 'ver', 'fence', 'node')
+    local ver = 0
+    if cur[1] then
+      ver = tonumber(cur[1])
+      local f = tonumber(cur[2])
+      if not ver or not f then r = {'corrupt', '', ''}
+      elseif fence < f then r = {'stale', tostring(f), ''}
+      elseif ARGV[a + 1] == '' or tonumber(ARGV[a + 1]) ~= ver then r = {'conflict', tostring(ver), ''}
+      end
+    elseif ARGV[a + 1] ~= '' then
+      r = {'conflict', '', ''}
+    end
+    if not r then
+      ver = ver + 1
+      redis.call('HSET', KEYS[i], 'node', ARGV[2], 'doc', ARGV[a + 2], 'ver', ver, 'fence', fence, 'snap', ARGV[a + 3])
+      redis.call('SADD', KEYS[2], ARGV[a])
+      r = {'ok', tostring(ver), cur[3] or ''}
+    end
+  end
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
+  out[#out + 1] = r[3]
+end
+return out
+"#;
+
 /// KEYS[1] session hash, KEYS[2] its schedule set, KEYS[3] (standalone) the token
 /// counter of the lease of the node the caller believes owns it. ARGV: fence, that node,
 /// its node fence (cluster).

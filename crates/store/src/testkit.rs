@@ -266,6 +266,15 @@ pub async fn node_fencing<H: Harness>(h: &H) {
     );
     fenced(old.delete_session("gone", l1.token).await, "delete");
     fenced(old.move_session("elsewhere", "n1", l1.token).await, "move");
+    let batch = old
+        .write_sessions(&[
+            write("untouched", "n1", b"late", Some(1), l1.token),
+            write("fresh", "n1", b"late", None, l1.token),
+        ])
+        .await;
+    for r in batch {
+        fenced(r.map(drop), "batch");
+    }
     for id in ["untouched", "gone", "moving"] {
         assert_eq!(s.read_session(id).await.unwrap().unwrap().snapshot, b"old");
     }
@@ -555,6 +564,23 @@ pub async fn schedules<H: Harness>(h: &H) {
         .map(|e| e.id)
         .collect();
     assert_eq!(d, ["b", "d"]);
+    // An entry put again for no session (or another) no longer goes with the first one:
+    // found by `model_check` on Redis.
+    s.write_session(write("s2", "n1", b"x", None, 1))
+        .await
+        .unwrap();
+    s.put_schedule(&entry("e", Some("s2"), 100)).await.unwrap();
+    s.put_schedule(&entry("e", None, 100)).await.unwrap();
+    assert!(s.session_schedules("s2").await.unwrap().is_empty());
+    s.delete_session("s2", 1).await.unwrap();
+    let d: Vec<String> = s
+        .due_schedules(10_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(d, ["e", "b", "d"], "earliest first");
 }
 
 /// Racing claimers of due entries: each entry is won exactly once.

@@ -77,7 +77,6 @@ impl Worker {
                 event,
                 key,
             } => {
-                let sendid = event.sendid.clone();
                 let result = match self.ensure_loaded(&to).await {
                     // Delivered before (its outbox entry fired again): not run twice.
                     Ok(())
@@ -102,27 +101,27 @@ impl Worker {
                     },
                     Err(e) => Err(Failure::of(&e)),
                 };
-                match result {
+                let back = match result {
+                    // Told once the receiver's state (with the key) is durable.
                     Ok(()) => {
-                        // The entry goes once the receiver's state (with the key) is
-                        // durable.
-                        batch.plan.schedule_removals.push((to, key));
-                        batch.plan.delivered = true;
-                    }
-                    Err(Failure::Permanent(reason)) => {
-                        batch.plan.schedule_removals.push((to, key));
-                        let back = Command::Undeliverable {
+                        let cmd = Command::Delivered {
                             from: from.clone(),
-                            sendid,
-                            reason,
+                            key,
                         };
-                        batch.remote.push((None, from, back));
+                        batch.remote.push((Some(to), from, cmd));
+                        return;
                     }
-                    // The entry fires later and tries again.
-                    Err(Failure::Transient(reason)) => {
-                        tracing::info!(session = %from, "{reason}; delivery will be retried");
-                    }
-                }
+                    Err(failure) => Command::DeliveryFailed {
+                        from: from.clone(),
+                        key,
+                        failure,
+                    },
+                };
+                batch.remote.push((None, from, back));
+            }
+            Command::Delivered { from, key } => self.delivered(&from, &key, None, batch),
+            Command::DeliveryFailed { from, key, failure } => {
+                self.delivered(&from, &key, Some(failure), batch)
             }
             Command::Undeliverable {
                 from,
@@ -202,6 +201,49 @@ impl Worker {
                 RuntimeError::NotFound(format!("{sid} (it has ended)"))
             }
             e => e,
+        }
+    }
+
+    /// What became of event `key` in `from`'s outbox: delivered (`None`), or not.
+    fn delivered(&mut self, from: &str, key: &str, failure: Option<Failure>, batch: &mut Batch) {
+        let Some(h) = self.host.get_mut(from) else {
+            // The sender ended (its in-flight events got entries) or is not in memory (a
+            // restore puts entries for its stored outbox): the entry does the rest, or,
+            // delivered, has nothing left to do.
+            if failure.is_none() {
+                batch.plan.retried_removals.push(key.to_string());
+            }
+            return;
+        };
+        let Some(at) = h.meta.outbox.iter().position(|o| o.key == key) else {
+            return; // told twice (the fast path and the entry both got through)
+        };
+        match failure {
+            Some(Failure::Transient(reason)) => {
+                let o = &mut h.meta.outbox[at];
+                tracing::info!(session = %from, "{reason}; delivery will be retried");
+                if !o.scheduled {
+                    o.scheduled = true;
+                    let due = now_ms() + crate::outbox::RETRY_AFTER.as_millis() as u64;
+                    let entry = o.entry(from, due);
+                    batch.plan.schedule_puts.push((from.to_string(), entry));
+                }
+            }
+            delivered_or_not => {
+                let o = h.meta.outbox.remove(at);
+                if o.scheduled {
+                    batch
+                        .plan
+                        .schedule_removals
+                        .push((from.to_string(), o.key.clone()));
+                }
+                self.host.mark_changed(from);
+                if let Some(Failure::Permanent(reason)) = delivered_or_not {
+                    tracing::info!(session = %from, "{reason}");
+                    self.host
+                        .report_undeliverable(from, o.event.sendid, &reason);
+                }
+            }
         }
     }
 }

@@ -59,6 +59,17 @@ pub(crate) enum Command {
         event: Event,
         key: String,
     },
+    /// The event `key` of `from`'s outbox reached its receiver durably.
+    Delivered {
+        from: String,
+        key: String,
+    },
+    /// The event `key` of `from`'s outbox could not be delivered.
+    DeliveryFailed {
+        from: String,
+        key: String,
+        failure: crate::outbox::Failure,
+    },
     /// A send of `from` could not be delivered: raise `error.communication` in it.
     Undeliverable {
         from: String,
@@ -102,7 +113,7 @@ pub(crate) struct Slot {
     last_active: Instant,
     /// Idempotency keys of the events it ran recently.
     keys: crate::idempotency::RecentKeys,
-    /// Events it sent whose outbox entries are not stored yet.
+    /// Events it sent that are not known to be delivered (see `outbox.rs`).
     outbox: Vec<crate::outbox::Outgoing>,
 }
 
@@ -131,8 +142,6 @@ struct Worker {
     main: tokio::runtime::Handle,
     /// Schedule entries whose removal failed; retried with the next batch.
     removals_left: Vec<String>,
-    /// Outbox entries whose put failed; retried with the next batch.
-    outbox_left: Vec<(String, ors_store::ScheduleEntry)>,
 }
 
 pub(crate) fn run(shared: Arc<Shared>, me: usize, mut inbox: Inbox, main: tokio::runtime::Handle) {
@@ -158,7 +167,6 @@ pub(crate) fn run(shared: Arc<Shared>, me: usize, mut inbox: Inbox, main: tokio:
         host,
         main,
         removals_left: Vec::new(),
-        outbox_left: Vec::new(),
     };
     rt.block_on(async {
         let mut idle_scan = tokio::time::interval(Duration::from_secs(1));
@@ -272,8 +280,12 @@ impl Worker {
 
     fn deactivate_idle(&mut self) {
         let limit = self.shared.cfg.idle_timeout;
+        // A session with events in flight stays: it hears of their delivery.
         let gone = self.host.retain(|_, h| {
-            !(h.meta.persist && h.meta.version.is_some() && h.meta.last_active.elapsed() > limit)
+            !(h.meta.persist
+                && h.meta.version.is_some()
+                && h.meta.outbox.is_empty()
+                && h.meta.last_active.elapsed() > limit)
         });
         if gone > 0 {
             tracing::debug!(sessions = gone, "deactivated idle sessions");
@@ -289,12 +301,13 @@ impl Worker {
             let Some(h) = self.host.get_mut(&sid) else {
                 continue;
             };
-            let due = now_ms() + crate::outbox::RETRY_AFTER.as_millis() as u64;
-            for o in &h.meta.outbox {
-                let entry = o.entry(&sid, due);
-                batch.plan.outbox_puts.push((sid.clone(), entry));
-            }
             if ended.contains(&sid) {
+                // Its outbox goes with its record: what is in flight gets entries.
+                let due = now_ms() + crate::outbox::RETRY_AFTER.as_millis() as u64;
+                for o in h.meta.outbox.iter().filter(|o| !o.scheduled) {
+                    let entry = o.entry(&sid, due);
+                    batch.plan.ending_outbox.push((sid.clone(), entry));
+                }
                 if h.meta.version.is_some() {
                     batch.plan.deletions.push(sid);
                 }
@@ -319,7 +332,6 @@ impl Worker {
             }
         }
         batch.plan.retried_removals = std::mem::take(&mut self.removals_left);
-        batch.plan.retried_outbox = std::mem::take(&mut self.outbox_left);
         let store = self.shared.store.clone();
         let node = self.shared.cfg.node_id.clone();
         let fence = self.shared.fence();
@@ -385,12 +397,7 @@ impl Worker {
             // acknowledged yet.
             crate::outbox::crash_at("sender-written");
         }
-        for (sid, key) in &outcome.outbox_stored {
-            if let Some(h) = self.host.get_mut(sid) {
-                h.meta.outbox.retain(|o| o.key != *key);
-            }
-        }
-        self.outbox_left = outcome.outbox_left;
+
         if outcome
             .failed
             .values()
@@ -438,6 +445,15 @@ impl Worker {
         }
         for due in outcome.due {
             self.shared.scheduler.wake_at(due);
+        }
+        if batch
+            .remote
+            .iter()
+            .any(|(_, _, c)| matches!(c, Command::Delivered { .. }))
+        {
+            // A receiver's state (with the event's key) is durable; its sender does not
+            // know yet.
+            crate::outbox::crash_at("receiver-written");
         }
         for (origin, to, cmd) in batch.remote {
             if origin.is_none_or(|o| !failed.contains_key(&o)) {

@@ -65,7 +65,7 @@ impl Worker {
     /// Restores a session from its stored record.
     async fn restore(&self, rec: SessionRecord) -> Result<Hosted<Slot>, RuntimeError> {
         let sid = rec.id.as_str();
-        let stored = StoredSession::decode(&rec.snapshot).map_err(|e| {
+        let mut stored = StoredSession::decode(&rec.snapshot).map_err(|e| {
             RuntimeError::Internal(format!("session {sid} has a corrupt snapshot: {e}"))
         })?;
         if let Some(reason) = stored.quarantined {
@@ -79,12 +79,13 @@ impl Worker {
         let session = Session::restore(doc, dm, &stored.snapshot).map_err(|e| {
             RuntimeError::Internal(format!("session {sid} cannot be restored: {e}"))
         })?;
-        if !stored.outbox.is_empty() {
-            // Sent by a step that is durable, but the process may have died before their
-            // entries were stored: store them (again) now, due at once.
+        let mut outbox = std::mem::take(&mut stored.outbox);
+        if !outbox.is_empty() {
+            // Events in flight when a process died (or not yet known to be delivered):
+            // their entries deliver them again, due at once; a receiver that has one
+            // already does not run it twice.
             let store = self.shared.store.clone();
-            let entries: Vec<_> = stored
-                .outbox
+            let entries: Vec<_> = outbox
                 .iter()
                 .map(|o| o.entry(sid, crate::now_ms()))
                 .collect();
@@ -96,6 +97,7 @@ impl Worker {
             })
             .await??;
             self.shared.scheduler.wake_at(crate::now_ms());
+            outbox.iter_mut().for_each(|o| o.scheduled = true);
         }
         Ok(Hosted {
             session: self.prepare(session),
@@ -107,7 +109,7 @@ impl Worker {
                 persist: stored.persist,
                 last_active: Instant::now(),
                 keys: crate::idempotency::RecentKeys::from_stored(stored.keys),
-                outbox: Vec::new(),
+                outbox,
             },
         })
     }

@@ -468,6 +468,14 @@ impl<M> SessionHost<M> {
         out
     }
 
+    /// The embedder changed what it keeps with session `sid` (its `meta`): the session is
+    /// among the next [`SessionHost::take_changed`], to be written again.
+    pub fn mark_changed(&mut self, sid: &str) {
+        if self.sessions.contains_key(sid) {
+            self.changed.push(sid.to_string());
+        }
+    }
+
     /// The sessions that started, ran, fired a timer or ended since the last call, each
     /// once, sorted: what a durable embedder snapshots (or deletes) before acknowledging.
     pub fn take_changed(&mut self) -> Vec<String> {
