@@ -1,5 +1,6 @@
 //! The `ors` command: `serve` the ORS REST API, `validate` and `run` SCXML documents.
 
+mod bench;
 mod serve;
 mod tls;
 
@@ -58,6 +59,24 @@ enum Command {
         #[arg(long)]
         log: bool,
     },
+    /// Measure the engine on a document, in process: events per CPU-second through one
+    /// session, sessions started per CPU-second, and bytes per live session, as one
+    /// JSON line.
+    Bench {
+        file: PathBuf,
+        /// The external event sent again and again.
+        #[arg(long, default_value = "tick")]
+        event: String,
+        /// How many (fewer if the session ends first).
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// The event's data, as JSON.
+        #[arg(long)]
+        data: Option<String>,
+        /// Sessions to start and keep alive.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +90,22 @@ fn main() -> ExitCode {
             timeout_ms,
             log,
         } => run(&file, virtual_time, timeout_ms, log),
+        Command::Bench {
+            file,
+            event,
+            count,
+            data,
+            sessions,
+        } => match data.as_deref().map(serde_json::from_str).transpose() {
+            Ok(data) => bench::bench(bench::BenchArgs {
+                file: &file,
+                event: &event,
+                count,
+                sessions,
+                data,
+            }),
+            Err(e) => Err(anyhow::Error::new(e).context("--data must be JSON")),
+        },
     };
     match r {
         Ok(code) => code,

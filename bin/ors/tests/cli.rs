@@ -248,3 +248,35 @@ fn serve_refuses_a_primary_backup_pair_on_the_embedded_store() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs a store shared by processes"), "{err}");
 }
+
+const PINGPONG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pingpong.scxml");
+
+#[test]
+fn bench_prints_one_json_line_of_figures() {
+    let o = ors(
+        &["bench", PINGPONG, "--count", "101", "--sessions", "20"],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = lines(&o);
+    assert_eq!(l.len(), 1, "{l:?}");
+    let v: serde_json::Value = serde_json::from_str(&l[0]).unwrap();
+    assert_eq!(v["events"], 101);
+    // 101 ticks from `a`: the last one leaves the session in `b`.
+    assert_eq!(v["configuration_after_events"], serde_json::json!(["b"]));
+    assert_eq!(v["sessions"], 20);
+    assert!(v["events_per_cpu_second"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["starts_per_cpu_second"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["heap_bytes_per_session"].as_u64().unwrap() > 100, "{v}");
+    // A session that ends stops the count: the document's max is 100,000.
+    let o = ors(
+        &["bench", PINGPONG, "--count", "100005", "--sessions", "0"],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&lines(&o)[0]).unwrap();
+    assert_eq!(v["events"], 100_000);
+    assert_eq!(v["configuration_after_events"], serde_json::json!(["done"]));
+    let bad = ors(&["bench", PINGPONG, "--data", "{nope"], "");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--data must be JSON"));
+}
