@@ -25,28 +25,72 @@ pub use runtime::{RuntimeOptions, configure_thread, release_thread, thread_stats
 /// The ECMAScript datamodel of one session.
 ///
 /// The session owns no JS context: every thread has one shared context, and a session's
-/// variables are installed into it for the length of a call into the session
-/// ([`Datamodel::begin`] to [`Datamodel::end`]) and taken out afterwards. An idle session
-/// therefore costs only its own values. Not `Send`: a session lives on the thread that
-/// created it.
+/// variables are installed into it for a call into the session ([`Datamodel::begin`] to
+/// [`Datamodel::end`]). They stay there after the call, and are taken out, back into the
+/// session, when a call into another session begins on the thread (or this one is
+/// dropped): a session that gets several events in a row is not swapped out and in
+/// between them. An idle session costs only its own values. Not `Send`: a session lives
+/// on the thread that created it.
 pub struct EcmaDatamodel {
     doc: Arc<Document>,
-    vars: Vec<(JsString, JsValue)>,
+    /// Unique per datamodel: which one [`runtime::Runtime::installed`] names.
+    id: u64,
+    /// Its variables while they are not in the context.
+    vars: Rc<RefCell<Vec<(JsString, JsValue)>>>,
     system: Option<Vec<(JsString, JsValue)>>,
     system_vars: Rc<SystemVars>,
     event: Option<JsValue>,
     active: Rc<RefCell<Vec<bool>>>,
     foreach: Vec<Vec<JsValue>>,
+    /// Within a call into the session.
     installed: bool,
+}
+
+/// The session whose variables are in a thread's context.
+pub(crate) struct Installed {
+    id: u64,
+    vars: Rc<RefCell<Vec<(JsString, JsValue)>>>,
+    doc: Arc<Document>,
+    system: Vec<JsString>,
+}
+
+impl Installed {
+    /// Takes its variables out of the context, back into the session.
+    fn evict(self, rt: &mut runtime::Runtime) {
+        *self.vars.borrow_mut() = rt.take_globals(&self.doc, &self.system);
+        if self.doc.uses_in {
+            rt.set_active(None);
+        }
+    }
+}
+
+fn in_context(rt: &runtime::Runtime, id: u64) -> bool {
+    rt.installed.as_ref().is_some_and(|i| i.id == id)
+}
+
+impl Drop for EcmaDatamodel {
+    fn drop(&mut self) {
+        // Its variables leave the context with it (not at thread teardown, when the
+        // runtime may be gone already).
+        runtime::if_rt(|rt| {
+            if in_context(rt, self.id)
+                && let Some(i) = rt.installed.take()
+            {
+                i.evict(rt);
+            }
+        });
+    }
 }
 
 impl EcmaDatamodel {
     /// A datamodel for a session of `doc`, with its system variables.
     pub fn new(doc: Arc<Document>, vars: &SystemVars) -> Self {
         let n = doc.states.len();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         EcmaDatamodel {
             doc,
-            vars: Vec::new(),
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            vars: Rc::default(),
             system: None,
             system_vars: Rc::new(vars.clone()),
             event: None,
@@ -54,6 +98,13 @@ impl EcmaDatamodel {
             foreach: Vec::new(),
             installed: false,
         }
+    }
+
+    fn system_names(&self) -> Vec<JsString> {
+        self.system
+            .as_ref()
+            .map(|s| s.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default()
     }
 
     fn eval_js(&mut self, e: ExprId) -> DmResult<JsValue> {
@@ -90,8 +141,14 @@ impl Datamodel for EcmaDatamodel {
             return;
         }
         self.installed = true;
-        let vars = std::mem::take(&mut self.vars);
         with_rt(|rt| {
+            if in_context(rt, self.id) {
+                return; // still there since its last call
+            }
+            if let Some(other) = rt.installed.take() {
+                other.evict(rt);
+            }
+            let vars = std::mem::take(&mut *self.vars.borrow_mut());
             if self.system.is_none() {
                 // `_ioprocessors` is an object graph: built only for documents that use it.
                 self.system = Some(rt.system_values(&self.system_vars, self.doc.uses_ioprocessors));
@@ -118,6 +175,12 @@ impl Datamodel for EcmaDatamodel {
             if self.doc.uses_in {
                 rt.set_active(Some((self.doc.clone(), self.active.clone())));
             }
+            rt.installed = Some(Installed {
+                id: self.id,
+                vars: self.vars.clone(),
+                doc: self.doc.clone(),
+                system: self.system_names(),
+            });
         });
     }
 
@@ -134,19 +197,8 @@ impl Datamodel for EcmaDatamodel {
             return;
         }
         budget::disarm();
+        // The variables stay in the context until another session's call begins.
         self.installed = false;
-        self.vars = with_rt(|rt| {
-            let names = self
-                .system
-                .as_ref()
-                .map(|s| s.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
-                .unwrap_or_default();
-            let vars = rt.take_globals(&self.doc, &names);
-            if self.doc.uses_in {
-                rt.set_active(None);
-            }
-            vars
-        });
     }
 
     fn declare(&mut self, item: &DataItem) -> DmResult<()> {
@@ -271,11 +323,15 @@ impl Datamodel for EcmaDatamodel {
     }
 
     fn snapshot(&mut self) -> DmResult<Value> {
-        let was = self.installed;
-        self.end();
-        let out = with_rt(|rt| {
+        let names = self.system_names();
+        with_rt(|rt| {
+            let vars = if in_context(rt, self.id) {
+                rt.peek_globals(&self.doc, &names)
+            } else {
+                self.vars.borrow().clone()
+            };
             let mut m = serde_json::Map::new();
-            for (k, v) in &self.vars {
+            for (k, v) in &vars {
                 if v.as_callable().is_some() {
                     continue; // functions are not data; documented limitation
                 }
@@ -283,11 +339,7 @@ impl Datamodel for EcmaDatamodel {
                 m.insert(k.to_std_string_escaped(), j);
             }
             Ok(Value::Object(m))
-        });
-        if was {
-            self.begin();
-        }
-        out
+        })
     }
 
     fn restore(&mut self, vars: &Value) -> DmResult<()> {
@@ -296,10 +348,12 @@ impl Datamodel for EcmaDatamodel {
         };
         for (k, v) in m {
             let js = with_rt(|rt| JsValue::from_json(v, &mut rt.ctx).map_err(err))?;
-            if self.installed {
+            if with_rt(|rt| in_context(rt, self.id)) {
                 self.set_var(k, js)?;
             } else {
-                self.vars.push((JsString::from(k.as_str()), js));
+                self.vars
+                    .borrow_mut()
+                    .push((JsString::from(k.as_str()), js));
             }
         }
         Ok(())

@@ -224,6 +224,9 @@ struct DocCache {
 
 pub(crate) struct Runtime {
     pub ctx: Context,
+    /// The session whose globals are in the context (see `lib.rs`): they stay there after
+    /// its call ends, and go back to it when another session's call begins.
+    pub installed: Option<crate::Installed>,
     /// The global object's own properties before any session ran, as they were.
     baseline: rustc_hash::FxHashMap<PropertyKey, PropertyDescriptor>,
     docs: HashMap<u64, DocCache>,
@@ -308,6 +311,17 @@ fn lockdown(ctx: &mut Context, dom: &JsObject) {
         .expect("the lockdown prelude is a function")
         .call(&JsValue::undefined(), &[global, roots.into()], ctx)
         .expect("lockdown of a fresh context");
+}
+
+/// Runs `f` on this thread's runtime if there is one and it is not in use.
+pub(crate) fn if_rt(f: impl FnOnce(&mut Runtime)) {
+    let _ = RUNTIME.try_with(|r| {
+        if let Ok(mut b) = r.try_borrow_mut()
+            && let Some(rt) = b.as_mut()
+        {
+            f(rt);
+        }
+    });
 }
 
 pub(crate) fn with_rt<R>(f: impl FnOnce(&mut Runtime) -> R) -> R {
@@ -414,6 +428,7 @@ impl Runtime {
             .collect();
         Runtime {
             ctx,
+            installed: None,
             baseline,
             docs: HashMap::new(),
             dom,
@@ -659,6 +674,25 @@ impl Runtime {
         doc: &Arc<Document>,
         system: &[JsString],
     ) -> Vec<(JsString, JsValue)> {
+        self.session_globals(doc, system, true)
+    }
+
+    /// The session globals' values, left in place (for a snapshot of the installed
+    /// session).
+    pub fn peek_globals(
+        &mut self,
+        doc: &Arc<Document>,
+        system: &[JsString],
+    ) -> Vec<(JsString, JsValue)> {
+        self.session_globals(doc, system, false)
+    }
+
+    fn session_globals(
+        &mut self,
+        doc: &Arc<Document>,
+        system: &[JsString],
+        remove: bool,
+    ) -> Vec<(JsString, JsValue)> {
         let g = self.ctx.global_object();
         let (full, known) = {
             let c = self.cache(doc);
@@ -711,7 +745,9 @@ impl Runtime {
                 if let PropertyKey::String(name) = &k {
                     out.push((name.clone(), value));
                 }
-                g.insert_property(k.clone(), original.clone());
+                if remove {
+                    g.insert_property(k.clone(), original.clone());
+                }
                 continue;
             }
             let is_system = match &k {
@@ -720,6 +756,9 @@ impl Runtime {
             };
             if !is_system && let PropertyKey::String(name) = &k {
                 out.push((name.clone(), value));
+            }
+            if !remove {
+                continue;
             }
             // `var` makes non-configurable globals; make it deletable first.
             g.insert_property(

@@ -253,3 +253,35 @@ fn globals_created_by_expressions_of_a_document_without_scripts_are_per_session(
         assert_eq!(b.active_atomic_states(), ["pass"], "{reach}");
     }
 }
+
+/// A session's variables stay in the context between its calls while no other session
+/// runs: they are neither lost nor seen by the next session, whether that one starts,
+/// runs, or only reads a datamodel; nor after their owner is dropped.
+#[test]
+fn variables_left_in_the_context_go_back_before_another_session_runs() {
+    let d = doc(
+        "",
+        "var v = _event.data.v; w = v + 1;",
+        "typeof v === 'undefined' && typeof w === 'undefined'",
+    );
+    let mut a = session(&d, "a");
+    send(&mut a, "write", json!({ "v": 7 }));
+    // Twice in a row: nothing swapped out between, nothing lost.
+    assert_eq!(a.datamodel_json().unwrap()["w"], 8);
+    send(&mut a, "write", json!({ "v": 9 }));
+    assert_eq!(a.datamodel_json().unwrap()["v"], 9);
+    // Another session: a start, a datamodel read, a check.
+    let mut b = session(&d, "b");
+    assert!(b.datamodel_json().unwrap().get("v").is_none());
+    send(&mut b, "check", json!({}));
+    assert_eq!(b.active_atomic_states(), ["pass"]);
+    // Back to the first: its variables came back with it.
+    assert_eq!(a.datamodel_json().unwrap()["w"], 10);
+    send(&mut a, "write", json!({ "v": 1 }));
+    assert_eq!(a.datamodel_json().unwrap()["w"], 2);
+    // Dropped while its variables are in the context: they leave with it.
+    drop(a);
+    let mut c = session(&d, "c");
+    send(&mut c, "check", json!({}));
+    assert_eq!(c.active_atomic_states(), ["pass"]);
+}

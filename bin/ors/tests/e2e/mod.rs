@@ -58,7 +58,33 @@ impl Server {
         s.kill9();
         s.memory_limit_kib = Some(kib);
         s.spawn();
+        s.until_primary();
         s
+    }
+
+    /// Waits (up to 10 s) until `/heartbeat` answers 200: a process started right after
+    /// another of its node was killed takes the node's lease over first.
+    pub fn until_primary(&self) {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = std::net::TcpStream::connect(&addr).and_then(|mut c| {
+                c.write_all(b"GET /heartbeat HTTP/1.0\r\nHost: test\r\n\r\n")?;
+                let mut head = [0u8; 12];
+                c.read_exact(&mut head)?;
+                Ok(head)
+            });
+            if status.is_ok_and(|h| h.ends_with(b" 200")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became primary",
+                self.url
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn command(&self) -> Command {
