@@ -38,7 +38,10 @@ pub struct EcmaDatamodel {
     /// Its variables while they are not in the context.
     vars: Rc<RefCell<Vec<(JsString, JsValue)>>>,
     system: Option<Vec<(JsString, JsValue)>>,
-    system_vars: Rc<SystemVars>,
+    /// Until the system variables are made (on the first call): then dropped, as a live
+    /// session should not carry `_ioprocessors` twice (or at all, when the document does
+    /// not use it).
+    system_vars: Option<Box<SystemVars>>,
     event: Option<JsValue>,
     active: Rc<RefCell<Vec<bool>>>,
     foreach: Vec<Vec<JsValue>>,
@@ -92,7 +95,7 @@ impl EcmaDatamodel {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             vars: Rc::default(),
             system: None,
-            system_vars: Rc::new(vars.clone()),
+            system_vars: Some(Box::new(vars.clone())),
             event: None,
             active: Rc::new(RefCell::new(vec![false; n])),
             foreach: Vec::new(),
@@ -151,7 +154,11 @@ impl Datamodel for EcmaDatamodel {
             let vars = std::mem::take(&mut *self.vars.borrow_mut());
             if self.system.is_none() {
                 // `_ioprocessors` is an object graph: built only for documents that use it.
-                self.system = Some(rt.system_values(&self.system_vars, self.doc.uses_ioprocessors));
+                let vars = self
+                    .system_vars
+                    .take()
+                    .expect("kept until the system values are made");
+                self.system = Some(rt.system_values(&vars, self.doc.uses_ioprocessors));
             }
             let g = rt.ctx.global_object();
             for (k, v) in self.system.as_ref().expect("set above") {
