@@ -456,8 +456,18 @@ impl Worker {
             crate::outbox::crash_at("receiver-written");
         }
         for (origin, to, cmd) in batch.remote {
-            if origin.is_none_or(|o| !failed.contains_key(&o)) {
-                self.shared.workers.send_internal(&to, cmd);
+            match (origin.and_then(|o| failed.get(&o).map(|e| (o, e))), cmd) {
+                (None, cmd) => self.shared.workers.send_internal(&to, cmd),
+                // The receiver's write failed: its sender must not wait for word that
+                // will not come; it keeps the event and has it delivered again.
+                (Some((receiver, e)), Command::Delivered { from, key }) => {
+                    let failure = crate::outbox::Failure::Transient(format!(
+                        "session {receiver} could not store the event: {e}"
+                    ));
+                    let cmd = Command::DeliveryFailed { from, key, failure };
+                    self.shared.workers.send_internal(&to, cmd);
+                }
+                (Some(_), _) => {}
             }
         }
         for (from, outgoing) in batch.other_nodes {
