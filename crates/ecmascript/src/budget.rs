@@ -98,7 +98,7 @@ fn usage(memory_start: i64) -> i64 {
 /// `__ors_tick()`: `true`, or an uncatchable error once the budget is spent.
 pub(crate) fn tick(_: &JsValue, _: &[JsValue], _: &mut Context) -> JsResult<JsValue> {
     let stop = || Err(JsError::from(RuntimeLimitError::LoopIteration));
-    let (start, memory, collect): (i64, u64, bool) = match ARMED.with(|a| {
+    let (start, memory, mut used, collect): (i64, u64, i64, bool) = match ARMED.with(|a| {
         let mut a = a.borrow_mut();
         let Some(a) = a.as_mut() else {
             return Ok(None);
@@ -122,7 +122,7 @@ pub(crate) fn tick(_: &JsValue, _: &[JsValue], _: &mut Context) -> JsResult<JsVa
         if used <= limit as i64 {
             return Ok(None);
         }
-        Ok(Some((a.memory_start, limit, used >= a.collect_from)))
+        Ok(Some((a.memory_start, limit, used, used >= a.collect_from)))
     }) {
         Err(()) => return stop(),
         Ok(None) => return Ok(JsValue::from(true)),
@@ -131,7 +131,6 @@ pub(crate) fn tick(_: &JsValue, _: &[JsValue], _: &mut Context) -> JsResult<JsVa
     // Over by the counter, but some of it may be garbage: collect before deciding, at
     // most once per quarter of the budget allocated (outside the borrow: collecting
     // frees, which counts).
-    let mut used = usage(start);
     if collect {
         boa_gc::force_collect();
         used = usage(start);

@@ -2,13 +2,15 @@
 //! does (catch the error, hide the work in a callback, recurse instead of loop), and the
 //! next session on the thread runs normally.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::session;
 use ors_alloc_meter::CountingAlloc;
 use ors_ecmascript::{Budget, RuntimeOptions};
-use ors_scxml::{CompileOptions, Document, Effect, Event, Session, SystemVars, compile};
-use serde_json::json;
+use ors_scxml::{CompileOptions, Document, Effect, Event, Session, compile};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc::system();
@@ -26,17 +28,6 @@ fn doc(script: &str) -> Arc<Document> {
   </state></scxml>"#
     );
     compile(&text, &CompileOptions::default()).expect("test documents compile")
-}
-
-fn session(doc: &Arc<Document>, id: &str) -> Session {
-    let vars = SystemVars {
-        sessionid: id.into(),
-        name: None,
-        ioprocessors: json!({}),
-    };
-    let mut s = Session::new(doc.clone(), ors_ecmascript::datamodel_for(doc, &vars), id);
-    s.start(0, &[]);
-    s
 }
 
 fn send(s: &mut Session, name: &str) -> Vec<Effect> {

@@ -4,9 +4,12 @@
 //! checks in as many fresh sessions of the same document (interleaved on this thread)
 //! that nothing of it shows.
 
+mod common;
+
 use std::sync::Arc;
 
-use ors_scxml::{CompileOptions, Document, Event, Session, SystemVars, compile};
+use common::session;
+use ors_scxml::{CompileOptions, Document, Event, Session, compile};
 use serde_json::json;
 
 fn doc(setup: &str, write: &str, check: &str) -> Arc<Document> {
@@ -24,17 +27,6 @@ fn doc(setup: &str, write: &str, check: &str) -> Arc<Document> {
 </scxml>"#
     );
     compile(&text, &CompileOptions::default()).expect("test documents compile")
-}
-
-fn session(doc: &Arc<Document>, id: &str) -> Session {
-    let vars = SystemVars {
-        sessionid: id.into(),
-        name: None,
-        ioprocessors: json!({}),
-    };
-    let mut s = Session::new(doc.clone(), ors_ecmascript::datamodel_for(doc, &vars), id);
-    s.start(0, &[]);
-    s
 }
 
 fn send(s: &mut Session, name: &str, data: serde_json::Value) {

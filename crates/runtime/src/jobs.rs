@@ -96,16 +96,12 @@ impl JobRunner {
         };
         // The sender hears what came of it (and drops it from its outbox); a sender that
         // ended hears nothing, and a failure is then only logged.
-        let tell = |failure: Option<Failure>| {
-            let (from, key) = (d.from.clone(), d.key.clone());
-            let cmd = match failure {
-                None => Command::Delivered { from, key },
-                Some(failure) => Command::DeliveryFailed { from, key, failure },
-            };
+        let tell = |result: Result<(), Failure>| {
+            let cmd = Command::delivery(d.from.clone(), d.key.clone(), result);
             shared.workers.send_internal(&d.from, cmd);
         };
         if now_ms() > d.sent_ms + GIVE_UP_AFTER.as_millis() as u64 {
-            tell(Some(Failure::Permanent(format!(
+            tell(Err(Failure::Permanent(format!(
                 "the event for session {} was not delivered within {} s",
                 d.to,
                 GIVE_UP_AFTER.as_secs()
@@ -122,12 +118,12 @@ impl JobRunner {
         };
         match result {
             Ok(()) => {
-                tell(None);
+                tell(Ok(()));
                 Ok(())
             }
             Err(Failure::Permanent(reason)) => {
                 tracing::info!(session = %d.from, "{reason}");
-                tell(Some(Failure::Permanent(reason)));
+                tell(Err(Failure::Permanent(reason)));
                 Ok(())
             }
             Err(Failure::Transient(reason)) => Err(FireError(reason)),

@@ -1,6 +1,6 @@
 //! Events between sessions of different nodes: a send to `#_scxml_<id>` of another node
-//! is POSTed, after the sender's macrostep and its outbox entry are durable, to that
-//! node (`/scxml/session/<id>/deliver`, the event as JSON, its outbox key as the
+//! is POSTed, after the sender's macrostep (with the event in its outbox) is durable, to
+//! that node (`/scxml/session/<id>/deliver`, the event as JSON, its outbox key as the
 //! `Idempotency-Key`). The receiving node answers once the event's macrostep is durable
 //! there. Exactly once: see `outbox.rs`.
 
@@ -20,17 +20,8 @@ pub fn deliver_path(sid: &str) -> String {
 /// Delivers an outbox event to another node and tells the sender what came of it
 /// (see `outbox.rs`).
 pub(crate) async fn deliver(shared: Arc<Shared>, from: String, o: Outgoing) {
-    let cmd = match post(&shared, &o.to, &o.event, &o.key).await {
-        Ok(()) => Command::Delivered {
-            from: from.clone(),
-            key: o.key,
-        },
-        Err(failure) => Command::DeliveryFailed {
-            from: from.clone(),
-            key: o.key,
-            failure,
-        },
-    };
+    let result = post(&shared, &o.to, &o.event, &o.key).await;
+    let cmd = Command::delivery(from.clone(), o.key, result);
     shared.workers.send_internal(&from, cmd);
 }
 

@@ -80,6 +80,11 @@ impl Outgoing {
         }
     }
 
+    /// Its schedule entry for a retry, due [`RETRY_AFTER`] from now.
+    pub fn retry_entry(&self, from: &str) -> ScheduleEntry {
+        self.entry(from, now_ms() + RETRY_AFTER.as_millis() as u64)
+    }
+
     /// Its schedule entry, due at `due_ms`.
     pub fn entry(&self, from: &str, due_ms: u64) -> ScheduleEntry {
         Job::Deliver(Delivery {
@@ -125,16 +130,17 @@ impl Failure {
 
 /// Test hooks: `ORS_FAILPOINT=<name>` makes the process abort at that point, as a
 /// `kill -9` there would. Read once.
-pub(crate) fn failpoint(name: &str) -> bool {
+fn failpoint(name: &str) -> bool {
     static SET: OnceLock<Option<String>> = OnceLock::new();
     SET.get_or_init(|| std::env::var("ORS_FAILPOINT").ok())
         .as_deref()
         .is_some_and(|f| f == name)
 }
 
-/// Aborts the process at failpoint `name` if it is set.
-pub(crate) fn crash_at(name: &str) {
-    if failpoint(name) {
+/// Aborts the process at failpoint `name` if it is set and `reached()` says this is the
+/// point (asked only then: no work on the way when no failpoint is set).
+pub(crate) fn crash_at(name: &str, reached: impl FnOnce() -> bool) {
+    if failpoint(name) && reached() {
         eprintln!("ORS_FAILPOINT={name}: aborting");
         std::process::abort();
     }

@@ -34,8 +34,7 @@ pub(crate) struct StoredSession {
     /// Why the session is quarantined: it is never run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<String>,
-    /// Events it sent whose schedule entries are not known to be stored yet (see
-    /// `outbox.rs`).
+    /// Events it sent that are not known to be delivered (see `outbox.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<Outgoing>,
 }
@@ -94,7 +93,8 @@ pub(crate) struct SnapshotWrite {
 /// The store work of one batch.
 #[derive(Default)]
 pub(crate) struct Plan {
-    /// `(session, entry)`: entries the session needs before its snapshot is written.
+    /// `(session, entry)`: entries the session needs before its snapshot is written (or
+    /// its record deleted: an ended session's undelivered events, see `outbox.rs`).
     pub schedule_puts: Vec<(String, ScheduleEntry)>,
     pub snapshots: Vec<SnapshotWrite>,
     /// Ended sessions whose records exist.
@@ -103,10 +103,6 @@ pub(crate) struct Plan {
     pub schedule_removals: Vec<(String, String)>,
     /// Removals that failed in an earlier batch.
     pub retried_removals: Vec<String>,
-    /// `(session, entry)`: for a session that ended with events still undelivered, the
-    /// entries that keep them once its record (and outbox) is deleted; put before the
-    /// deletion (see `outbox.rs`).
-    pub ending_outbox: Vec<(String, ScheduleEntry)>,
 }
 
 /// What came of a [`Plan`].
@@ -164,19 +160,6 @@ pub(crate) async fn persist(
             Ok(v) => out.versions.push((w.session.clone(), v)),
             Err(e) => {
                 out.failed.insert(w.session.clone(), e);
-            }
-        }
-    }
-    // An ending session's undelivered events: their entries before the deletion that
-    // forgets its outbox (or the session rolls back, its outbox intact).
-    for (sid, entry) in &plan.ending_outbox {
-        if out.failed.contains_key(sid) {
-            continue;
-        }
-        match store.put_schedule(entry).await {
-            Ok(()) => out.due.push(entry.due_ms),
-            Err(e) => {
-                out.failed.insert(sid.clone(), e);
             }
         }
     }
@@ -416,7 +399,7 @@ mod tests {
             .unwrap();
         let plan = Plan {
             deletions: vec!["n-ended".into()],
-            ending_outbox: vec![("n-ended".into(), entry("n-ended#o1", "n-ended"))],
+            schedule_puts: vec![("n-ended".into(), entry("n-ended#o1", "n-ended"))],
             ..Plan::default()
         };
         let out = persist(&store, "n", 1, plan).await;

@@ -254,6 +254,32 @@ impl RedisStore {
             .map_err(map_err(what))
     }
 
+    /// The outcome of a session write from its script's reply (`WRITE_SESSION`'s or one
+    /// write's part of `WRITE_SESSIONS`'s): the new version, after taking the session out
+    /// of the index of the node it moved from.
+    async fn written(&self, w: &SessionWrite<'_>, reply: &[Value]) -> Result<u64> {
+        if text(reply.first()).as_deref() != Some("ok") {
+            return Err(session_error(
+                w.id,
+                w.node,
+                reply,
+                w.expected_version,
+                w.fence,
+            ));
+        }
+        let version =
+            num(reply.get(1)).ok_or_else(|| StoreError::Other("no version in reply".into()))?;
+        if let Some(old) = text(reply.get(2)).filter(|o| !o.is_empty() && o != w.node) {
+            let ok = self.k_node(&old);
+            self.pool
+                .next()
+                .srem::<i64, _, _>(&ok, w.id)
+                .await
+                .map_err(map_err(&ok))?;
+        }
+        Ok(version)
+    }
+
     /// Overwrites a session's key with a non-hash value. Only for testing corruption.
     #[doc(hidden)]
     pub async fn overwrite_session_raw(&self, id: &str, bytes: &[u8]) -> Result<()> {
@@ -431,26 +457,7 @@ impl SessionStore for RedisStore {
             )
             .await?,
         );
-        if text(reply.first()).as_deref() != Some("ok") {
-            return Err(session_error(
-                w.id,
-                w.node,
-                &reply,
-                w.expected_version,
-                w.fence,
-            ));
-        }
-        let version =
-            num(reply.get(1)).ok_or_else(|| StoreError::Other("no version in reply".into()))?;
-        if let Some(old) = text(reply.get(2)).filter(|o| !o.is_empty() && o != w.node) {
-            let ok = self.k_node(&old);
-            self.pool
-                .next()
-                .srem::<i64, _, _>(&ok, w.id)
-                .await
-                .map_err(map_err(&ok))?;
-        }
-        Ok(version)
+        self.written(&w, &reply).await
     }
 
     /// Standalone: the whole batch in one script, applied whole or not at all (so a
@@ -494,28 +501,7 @@ impl SessionStore for RedisStore {
         };
         let mut out = Vec::with_capacity(writes.len());
         for (w, r) in writes.iter().zip(reply.chunks(3)) {
-            if text(r.first()).as_deref() != Some("ok") {
-                out.push(Err(session_error(
-                    w.id,
-                    node,
-                    r,
-                    w.expected_version,
-                    w.fence,
-                )));
-                continue;
-            }
-            let Some(version) = num(r.get(1)) else {
-                out.push(Err(StoreError::Other("no version in reply".into())));
-                continue;
-            };
-            if let Some(old) = text(r.get(2)).filter(|o| !o.is_empty() && o != node) {
-                let ok = self.k_node(&old);
-                if let Err(e) = self.pool.next().srem::<i64, _, _>(&ok, w.id).await {
-                    out.push(Err(map_err(&ok)(e)));
-                    continue;
-                }
-            }
-            out.push(Ok(version));
+            out.push(self.written(w, r).await);
         }
         if out.len() < writes.len() {
             let e = StoreError::Other("a short reply to a batch write".into());

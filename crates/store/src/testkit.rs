@@ -495,13 +495,7 @@ pub async fn schedules<H: Harness>(h: &H) {
     })
     .await
     .unwrap();
-    let due: Vec<String> = s
-        .due_schedules(250, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let due: Vec<String> = due_ids(&s, 250).await;
     assert_eq!(due, ["a", "b"], "due entries, earliest first");
     assert_eq!(s.due_schedules(250, 1).await.unwrap().len(), 1, "limit");
     assert_eq!(
@@ -513,22 +507,10 @@ pub async fn schedules<H: Harness>(h: &H) {
         !s.claim_schedule("a", "n2", 260, 1_000).await.unwrap(),
         "claimed twice"
     );
-    let due: Vec<String> = s
-        .due_schedules(260, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let due: Vec<String> = due_ids(&s, 260).await;
     assert_eq!(due, ["b"], "a claimed entry is not due");
     // The claim expires: the entry is due and claimable again.
-    let due: Vec<String> = s
-        .due_schedules(1_250, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let due: Vec<String> = due_ids(&s, 1_250).await;
     assert_eq!(due, ["a", "b", "c"]);
     assert!(s.claim_schedule("a", "n2", 1_250, 1_000).await.unwrap());
     assert!(
@@ -556,13 +538,7 @@ pub async fn schedules<H: Harness>(h: &H) {
     // Deleting a session deletes its schedule entries.
     s.delete_session("sess", 1).await.unwrap();
     assert!(s.session_schedules("sess").await.unwrap().is_empty());
-    let d: Vec<String> = s
-        .due_schedules(10_000, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let d: Vec<String> = due_ids(&s, 10_000).await;
     assert_eq!(d, ["b", "d"]);
     // An entry put again for no session (or another) no longer goes with the first one:
     // found by `model_check` on Redis.
@@ -573,14 +549,18 @@ pub async fn schedules<H: Harness>(h: &H) {
     s.put_schedule(&entry("e", None, 100)).await.unwrap();
     assert!(s.session_schedules("s2").await.unwrap().is_empty());
     s.delete_session("s2", 1).await.unwrap();
-    let d: Vec<String> = s
-        .due_schedules(10_000, 10)
+    let d: Vec<String> = due_ids(&s, 10_000).await;
+    assert_eq!(d, ["e", "b", "d"], "earliest first");
+}
+
+/// The ids of the entries due at `now`, earliest first (at most 10).
+async fn due_ids(s: &impl SessionStore, now: u64) -> Vec<String> {
+    s.due_schedules(now, 10)
         .await
         .unwrap()
         .into_iter()
         .map(|e| e.id)
-        .collect();
-    assert_eq!(d, ["e", "b", "d"], "earliest first");
+        .collect()
 }
 
 /// Racing claimers of due entries: each entry is won exactly once.

@@ -44,21 +44,11 @@ impl Worker {
                     let _ = reply.send(Err(self.explain(&sid, e)));
                     return;
                 }
-                if let Some(k) = &key
-                    && self.host.get(&sid).is_some_and(|h| h.meta.keys.contains(k))
-                {
-                    // A retry: the event ran (its key is recorded with it, or will be in
-                    // this batch's write). Answered once that is durable.
-                    batch.acks.push((sid, reply));
-                    return;
-                }
-                match self.host.push(&sid, event) {
-                    Ok(()) => {
-                        if let Some(h) = self.host.get_mut(&sid) {
+                // A retry whose event ran is answered too, once that is durable.
+                match self.push_once(&sid, event, key) {
+                    Ok(ran) => {
+                        if ran && let Some(h) = self.host.get_mut(&sid) {
                             h.meta.last_active = Instant::now();
-                            if let Some(k) = key {
-                                h.meta.keys.add(k, now_ms());
-                            }
                         }
                         batch.acks.push((sid, reply));
                     }
@@ -77,23 +67,10 @@ impl Worker {
                 event,
                 key,
             } => {
+                // Delivered before (its outbox entry fired again): not run twice.
                 let result = match self.ensure_loaded(&to).await {
-                    // Delivered before (its outbox entry fired again): not run twice.
-                    Ok(())
-                        if self
-                            .host
-                            .get(&to)
-                            .is_some_and(|h| h.meta.keys.contains(&key)) =>
-                    {
-                        Ok(())
-                    }
-                    Ok(()) => match self.host.push(&to, event) {
-                        Ok(()) => {
-                            if let Some(h) = self.host.get_mut(&to) {
-                                h.meta.keys.add(key.clone(), now_ms());
-                            }
-                            Ok(())
-                        }
+                    Ok(()) => match self.push_once(&to, event, Some(key.clone())) {
+                        Ok(_) => Ok(()),
                         Err(PushError::Queue(QueueError::Full(n))) => Err(Failure::Transient(
                             format!("the queue of session {to} is full ({n} events)"),
                         )),
@@ -101,23 +78,10 @@ impl Worker {
                     },
                     Err(e) => Err(Failure::of(&e)),
                 };
-                let back = match result {
-                    // Told once the receiver's state (with the key) is durable.
-                    Ok(()) => {
-                        let cmd = Command::Delivered {
-                            from: from.clone(),
-                            key,
-                        };
-                        batch.remote.push((Some(to), from, cmd));
-                        return;
-                    }
-                    Err(failure) => Command::DeliveryFailed {
-                        from: from.clone(),
-                        key,
-                        failure,
-                    },
-                };
-                batch.remote.push((None, from, back));
+                // A delivery is told once the receiver's state (with the key) is durable.
+                let origin = result.is_ok().then_some(to);
+                let cmd = Command::delivery(from.clone(), key, result);
+                batch.remote.push((origin, from, cmd));
             }
             Command::Delivered { from, key } => self.delivered(&from, &key, None, batch),
             Command::DeliveryFailed { from, key, failure } => {
@@ -204,6 +168,29 @@ impl Worker {
         }
     }
 
+    /// Queues `event` for `sid` (in memory) unless the session already ran an event with
+    /// its `key`, whose key is then recorded with the macrostep it runs in. Whether it was
+    /// queued.
+    fn push_once(
+        &mut self,
+        sid: &str,
+        event: Event,
+        key: Option<String>,
+    ) -> Result<bool, PushError> {
+        if let Some(k) = &key
+            && self.host.get(sid).is_some_and(|h| h.meta.keys.contains(k))
+        {
+            return Ok(false);
+        }
+        self.host.push(sid, event)?;
+        if let Some(k) = key
+            && let Some(h) = self.host.get_mut(sid)
+        {
+            h.meta.keys.add(k, now_ms());
+        }
+        Ok(true)
+    }
+
     /// What became of event `key` in `from`'s outbox: delivered (`None`), or not.
     fn delivered(&mut self, from: &str, key: &str, failure: Option<Failure>, batch: &mut Batch) {
         let Some(h) = self.host.get_mut(from) else {
@@ -224,8 +211,7 @@ impl Worker {
                 tracing::info!(session = %from, "{reason}; delivery will be retried");
                 if !o.scheduled {
                     o.scheduled = true;
-                    let due = now_ms() + crate::outbox::RETRY_AFTER.as_millis() as u64;
-                    let entry = o.entry(from, due);
+                    let entry = o.retry_entry(from);
                     batch.plan.schedule_puts.push((from.to_string(), entry));
                 }
             }

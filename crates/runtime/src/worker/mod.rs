@@ -103,6 +103,20 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// What the sender of outbox event `key` hears of its delivery.
+    pub(crate) fn delivery(
+        from: String,
+        key: String,
+        result: Result<(), crate::outbox::Failure>,
+    ) -> Command {
+        match result {
+            Ok(()) => Command::Delivered { from, key },
+            Err(failure) => Command::DeliveryFailed { from, key, failure },
+        }
+    }
+}
+
 /// What the worker keeps per session beside the engine's state.
 pub(crate) struct Slot {
     /// The document's key in the store.
@@ -129,8 +143,7 @@ struct Batch {
     remote: Vec<(Option<String>, String, Command)>,
     /// `(from, target URL, event)`: BasicHTTP sends to other servers.
     http: Vec<(String, String, Event)>,
-    /// `(from, to, event)`: SCXML sends to sessions of other nodes.
-    /// `(sender, event)`: events for sessions of other nodes.
+    /// `(sender, event)`: SCXML sends to sessions of other nodes.
     other_nodes: Vec<(String, crate::outbox::Outgoing)>,
 }
 
@@ -302,11 +315,11 @@ impl Worker {
                 continue;
             };
             if ended.contains(&sid) {
-                // Its outbox goes with its record: what is in flight gets entries.
-                let due = now_ms() + crate::outbox::RETRY_AFTER.as_millis() as u64;
+                // Its outbox goes with its record: what is in flight gets entries, which
+                // a session needs before its record is deleted like before a snapshot.
                 for o in h.meta.outbox.iter().filter(|o| !o.scheduled) {
-                    let entry = o.entry(&sid, due);
-                    batch.plan.ending_outbox.push((sid.clone(), entry));
+                    let entry = o.retry_entry(&sid);
+                    batch.plan.schedule_puts.push((sid.clone(), entry));
                 }
                 if h.meta.version.is_some() {
                     batch.plan.deletions.push(sid);
@@ -387,16 +400,15 @@ impl Worker {
                 h.meta.version = Some(version);
             }
         }
-        if !batch.other_nodes.is_empty()
-            || batch
-                .remote
-                .iter()
-                .any(|(_, _, c)| matches!(c, Command::Deliver { .. }))
-        {
-            // A sender's state is durable; its events are not delivered, nothing is
-            // acknowledged yet.
-            crate::outbox::crash_at("sender-written");
-        }
+        // A sender's state is durable; its events are not delivered, nothing is
+        // acknowledged yet.
+        crate::outbox::crash_at("sender-written", || {
+            !batch.other_nodes.is_empty()
+                || batch
+                    .remote
+                    .iter()
+                    .any(|(_, _, c)| matches!(c, Command::Deliver { .. }))
+        });
 
         if outcome
             .failed
@@ -446,15 +458,14 @@ impl Worker {
         for due in outcome.due {
             self.shared.scheduler.wake_at(due);
         }
-        if batch
-            .remote
-            .iter()
-            .any(|(_, _, c)| matches!(c, Command::Delivered { .. }))
-        {
-            // A receiver's state (with the event's key) is durable; its sender does not
-            // know yet.
-            crate::outbox::crash_at("receiver-written");
-        }
+        // A receiver's state (with the event's key) is durable; its sender does not know
+        // yet.
+        crate::outbox::crash_at("receiver-written", || {
+            batch
+                .remote
+                .iter()
+                .any(|(_, _, c)| matches!(c, Command::Delivered { .. }))
+        });
         for (origin, to, cmd) in batch.remote {
             match (origin.and_then(|o| failed.get(&o).map(|e| (o, e))), cmd) {
                 (None, cmd) => self.shared.workers.send_internal(&to, cmd),
