@@ -58,6 +58,8 @@ async fn crash_at(failpoint: &str) {
     // Set the failpoint: restart with it (the sessions are persisted).
     s.envs = vec![("ORS_FAILPOINT".into(), failpoint.into())];
     s.restart();
+    // The new process takes the node's lease over first (503 until then).
+    s.until_primary();
     let go = |s: &Server, to: &str| {
         let url = format!("{}/scxml/session/{sender}/event/go", s.url);
         let c = c.clone();
@@ -86,18 +88,9 @@ async fn crash_at(failpoint: &str) {
     assert!(crashed, "the failpoint {failpoint} was never reached");
     s.envs.clear();
     s.respawn();
+    s.until_primary();
     for to in &receivers[next..] {
-        // 503 until the new process holds the node's lease.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match go(&s, to).await.unwrap() {
-                200 => break,
-                503 if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                st => panic!("go to {to}: {st}"),
-            }
-        }
+        assert_eq!(go(&s, to).await.unwrap(), 200, "go to {to}");
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     for to in &receivers {

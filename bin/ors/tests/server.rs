@@ -651,6 +651,7 @@ async fn a_sessions_top_level_let_is_not_seen_by_other_sessions() {
         assert_eq!(query(&c, &s, b).await.1["datamodel"]["seen"], "nothing");
     }
     s.restart();
+    s.until_primary();
     let (st, _) = post(&c, &format!("{}/scxml/session/{a}/event/look", s.url), &[]).await;
     assert_eq!(st, 200);
     assert_eq!(query(&c, &s, &a).await.1["datamodel"]["seen"], "A-secret");
@@ -711,6 +712,7 @@ async fn retries_with_an_idempotency_key_apply_once() {
     assert_eq!(query(&c, &s, &sid).await.1["datamodel"]["n"], 2);
     // The keys are durable with the session: after kill -9 a retry is still recognised.
     s.restart();
+    s.until_primary();
     let (st, _) = post(&c, &format!("{}/scxml/session/{sid}/query", s.url), &[]).await;
     assert_eq!(st, 200);
     let retry = c
