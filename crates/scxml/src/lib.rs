@@ -8,6 +8,7 @@ pub mod host;
 pub mod model;
 pub mod session;
 pub mod snapshot;
+pub mod trace;
 
 pub use compile::{CompileError, CompileOptions, Diagnostic, Limits, Loader, compile};
 pub use datamodel::{Datamodel, DmError, NullDatamodel, SystemVars};
@@ -15,3 +16,4 @@ pub use event::{Effect, Event, EventType, InvokeRequest, InvokeSource};
 pub use model::{Content, Document};
 pub use session::{Loopback, Session, SessionLimits, TargetCheck};
 pub use snapshot::Snapshot;
+pub use trace::{Microstep, TransitionRef};

@@ -15,6 +15,7 @@ use crate::datamodel::{AssignFrom, Datamodel, DmError};
 use crate::event::*;
 use crate::model::*;
 use crate::snapshot::{PendingTimer, Snapshot};
+use crate::trace::{Microstep, TransitionRef};
 
 /// Per-session limits that keep a hostile or broken document from hanging its thread.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +83,10 @@ pub struct Session {
     pub(crate) final_configuration: Vec<String>,
     pub(crate) target_check: Option<TargetCheck>,
     pub(crate) loopback: Option<Loopback>,
+    /// Microsteps recorded since the last [`Session::take_microsteps`], when recording.
+    pub(crate) microsteps: Option<Vec<Microstep>>,
+    /// `(dropped, kept)` by the last conflict removal, when recording.
+    pub(crate) preempted: Vec<(TransitionId, TransitionId)>,
 }
 
 /// Tells a session at `<send>` time whether the host can deliver to a target (`#_parent`,
@@ -127,6 +132,8 @@ impl Session {
             final_configuration: Vec::new(),
             target_check: None,
             loopback: None,
+            microsteps: None,
+            preempted: Vec::new(),
         }
     }
 
@@ -149,6 +156,18 @@ impl Session {
     /// The session's document.
     pub fn document(&self) -> &Arc<Document> {
         &self.doc
+    }
+    /// From now on, record what each microstep does (see [`Microstep`]); read it with
+    /// [`Session::take_microsteps`]. Recording costs an allocation per microstep.
+    pub fn record_microsteps(&mut self) {
+        self.microsteps.get_or_insert_with(Vec::new);
+    }
+    /// The microsteps recorded since the last call (empty unless recording).
+    pub fn take_microsteps(&mut self) -> Vec<Microstep> {
+        self.microsteps
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
     /// The session's id.
     pub fn id(&self) -> &str {
@@ -246,6 +265,9 @@ impl Session {
             self.exec_block(&doc.global_script);
         }
         let init = doc.states[0].initial.expect("compiled documents have one");
+        if let Some(steps) = &mut self.microsteps {
+            steps.push(Microstep::default());
+        }
         self.enter_states(&[init]);
         self.stabilize();
         self.dm.end();
@@ -365,7 +387,7 @@ impl Session {
         }
         let enabled = self.select_transitions(Some(&ev));
         if !enabled.is_empty() {
-            self.microstep(&enabled);
+            self.microstep(&enabled, Some(&ev));
         }
         self.stabilize();
     }
@@ -389,17 +411,19 @@ impl Session {
                     return;
                 }
                 let mut enabled = self.select_transitions(None);
+                let mut event = None;
                 if enabled.is_empty() {
                     match self.internal.pop_front() {
                         None => break,
                         Some(ev) => {
                             self.dm.set_event(&ev);
                             enabled = self.select_transitions(Some(&ev));
+                            event = Some(ev);
                         }
                     }
                 }
                 if !enabled.is_empty() {
-                    self.microstep(&enabled);
+                    self.microstep(&enabled, event.as_ref());
                 }
                 budget = budget.saturating_sub(1);
                 if budget == 0 {
@@ -485,7 +509,12 @@ impl Session {
             }
         }
         if enabled.len() > 1 {
-            self.remove_conflicts(enabled)
+            let (kept, preempted) = self.remove_conflicts(enabled);
+            if self.microsteps.is_some() {
+                // For the microstep these transitions are about to make.
+                self.preempted = preempted;
+            }
+            kept
         } else {
             enabled
         }
@@ -504,11 +533,16 @@ impl Session {
         }
     }
 
-    fn remove_conflicts(&self, enabled: Vec<TransitionId>) -> Vec<TransitionId> {
+    /// `removeConflictingTransitions`: the transitions kept, and `(dropped, kept)` pairs.
+    fn remove_conflicts(
+        &self,
+        enabled: Vec<TransitionId>,
+    ) -> (Vec<TransitionId>, Vec<(TransitionId, TransitionId)>) {
         let mut filtered: Vec<(TransitionId, Vec<StateId>)> = Vec::new();
+        let mut preempted = Vec::new();
         for t1 in enabled {
             let x1 = self.exit_set(&[t1]);
-            let mut preempted = false;
+            let mut dropped = None;
             let mut remove = Vec::new();
             for (i, (t2, x2)) in filtered.iter().enumerate() {
                 if x1.iter().any(|s| x2.contains(s)) {
@@ -517,24 +551,49 @@ impl Session {
                     if self.doc.is_descendant(s1, s2) {
                         remove.push(i);
                     } else {
-                        preempted = true;
+                        dropped = Some(*t2);
                         break;
                     }
                 }
             }
-            if !preempted {
-                for i in remove.into_iter().rev() {
-                    filtered.remove(i);
+            match dropped {
+                Some(kept) => preempted.push((t1, kept)),
+                None => {
+                    for i in remove.into_iter().rev() {
+                        preempted.push((filtered[i].0, t1));
+                        filtered.remove(i);
+                    }
+                    filtered.push((t1, x1));
                 }
-                filtered.push((t1, x1));
             }
         }
-        filtered.into_iter().map(|(t, _)| t).collect()
+        (filtered.into_iter().map(|(t, _)| t).collect(), preempted)
+    }
+
+    fn transition_ref(&self, t: TransitionId) -> TransitionRef {
+        let source = self.doc.transition(t).source;
+        let st = self.doc.state(source);
+        TransitionRef {
+            source: st.id.to_string(),
+            index: st.transitions.iter().position(|&x| x == t),
+        }
     }
 
     // ----- microstep -----
 
-    fn microstep(&mut self, enabled: &[TransitionId]) {
+    fn microstep(&mut self, enabled: &[TransitionId], event: Option<&Event>) {
+        if self.microsteps.is_some() {
+            let step = Microstep {
+                event: event.map(|e| e.name.to_string()),
+                transitions: enabled.iter().map(|&t| self.transition_ref(t)).collect(),
+                preempted: std::mem::take(&mut self.preempted)
+                    .into_iter()
+                    .map(|(d, k)| (self.transition_ref(d), self.transition_ref(k)))
+                    .collect(),
+                ..Microstep::default()
+            };
+            self.microsteps.get_or_insert_default().push(step);
+        }
         self.exit_states(enabled);
         let doc = self.doc.clone();
         for &t in enabled {
@@ -583,6 +642,9 @@ impl Session {
                 self.history.insert(h, v);
             }
         }
+        if let Some(step) = self.microsteps.as_mut().and_then(|m| m.last_mut()) {
+            step.exited = exit.iter().map(|&s| doc.state(s).id.to_string()).collect();
+        }
         for s in exit {
             for b in &doc.state(s).onexit {
                 self.exec_block(b);
@@ -614,6 +676,12 @@ impl Session {
         }
         to_enter.sort_unstable();
         let doc = self.doc.clone();
+        if let Some(step) = self.microsteps.as_mut().and_then(|m| m.last_mut()) {
+            step.entered = to_enter
+                .iter()
+                .map(|&s| doc.state(s).id.to_string())
+                .collect();
+        }
         for s in to_enter {
             self.set_active(s, true);
             self.states_to_invoke.push(s);

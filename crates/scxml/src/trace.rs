@@ -1,0 +1,42 @@
+//! What a session did in each microstep, for tools that explain a run (`ors run --trace`,
+//! the differential harness). Off by default: a session records nothing until
+//! [`Session::record_microsteps`](crate::Session::record_microsteps) is called.
+
+/// A transition named by where it is written: its source state's id and its position
+/// among that state's `<transition>` children (`None` for the transition of an `<initial>`
+/// element).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionRef {
+    /// The id of the state (or `<history>`) the transition belongs to.
+    pub source: String,
+    /// Its index among the source's transitions, in document order.
+    pub index: Option<usize>,
+}
+
+impl std::fmt::Display for TransitionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "{}[{}]", self.source, i),
+            None => write!(f, "{}[initial]", self.source),
+        }
+    }
+}
+
+/// One microstep: the transitions taken (in the order their content ran), the
+/// transitions `removeConflictingTransitions` dropped, and the states exited and entered
+/// (in the order their handlers ran). The first microstep of a session is its initial
+/// entry, with no transitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Microstep {
+    /// The event being processed (`None` for eventless transitions and the start).
+    pub event: Option<String>,
+    /// Transitions taken, in document order of the atomic states that selected them.
+    pub transitions: Vec<TransitionRef>,
+    /// `(dropped, kept)`: an enabled transition removed because its exit set intersects
+    /// that of a transition kept before it.
+    pub preempted: Vec<(TransitionRef, TransitionRef)>,
+    /// States exited, in exit order.
+    pub exited: Vec<String>,
+    /// States entered, in entry order.
+    pub entered: Vec<String>,
+}
