@@ -41,12 +41,39 @@ impl Loader for FileLoader {
     }
 }
 
+/// Why a document file could not be used.
+#[derive(Debug)]
+pub enum FileError {
+    /// It could not be read (the message names the file).
+    Read(String),
+    /// It was read and rejected, with every problem found.
+    Compile(ors_scxml::CompileError),
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileError::Read(e) => f.write_str(e),
+            FileError::Compile(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for FileError {}
+
+impl From<FileError> for String {
+    fn from(e: FileError) -> String {
+        e.to_string()
+    }
+}
+
 /// Compiles a document file; `syntax` turns malformed expressions into errors.
 pub fn compile_file(
     path: &Path,
     syntax: Option<&dyn SyntaxCheck>,
-) -> Result<Arc<Document>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+) -> Result<Arc<Document>, FileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| FileError::Read(format!("{}: {e}", path.display())))?;
     let loader = FileLoader::for_document(path);
     let name = path.display().to_string();
     let opts = CompileOptions {
@@ -55,7 +82,7 @@ pub fn compile_file(
         syntax,
         ..Default::default()
     };
-    ors_scxml::compile(&text, &opts).map_err(|e| e.to_string())
+    ors_scxml::compile(&text, &opts).map_err(FileError::Compile)
 }
 
 /// A [`SessionFactory`] for documents on disk with the ECMAScript (or null) datamodel.
@@ -68,7 +95,7 @@ impl SessionFactory for FileFactory {
         ors_ecmascript::datamodel_for(doc, vars)
     }
     fn load(&self, uri: &str) -> Result<Arc<Document>, String> {
-        compile_file(&self.loader.resolve(uri)?, None)
+        Ok(compile_file(&self.loader.resolve(uri)?, None)?)
     }
     fn compile(&self, text: &str) -> Result<Arc<Document>, String> {
         let opts = CompileOptions {

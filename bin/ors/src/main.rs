@@ -2,6 +2,7 @@
 
 mod bench;
 mod serve;
+mod terminal;
 mod tls;
 
 use std::io::BufRead;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use ors::files::{FileFactory, FileLoader, compile_file};
+use ors::files::{FileError, FileFactory, FileLoader, compile_file};
 use ors_scxml::Event;
 use ors_scxml::host::LocalHost;
 use serde_json::{Value, json};
@@ -58,6 +59,11 @@ enum Command {
         /// left to do, 2 bad document, 3 timeout, 4 session aborted by a limit.)
         #[arg(long)]
         log: bool,
+        /// Print each microstep on stderr: the event, transitions dropped as conflicting,
+        /// states exited, transitions taken (`state[index]` among its transitions),
+        /// states entered.
+        #[arg(long)]
+        trace: bool,
     },
     /// Measure the engine on a document, in process: events per CPU-second through one
     /// session, sessions started per CPU-second, and bytes per live session, as one
@@ -89,7 +95,8 @@ fn main() -> ExitCode {
             virtual_time,
             timeout_ms,
             log,
-        } => run(&file, virtual_time, timeout_ms, log),
+            trace,
+        } => run(&file, virtual_time, timeout_ms, Output { log, trace }),
         Command::Bench {
             file,
             event,
@@ -130,6 +137,10 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for f in files {
         match compile_file(f, Some(&ors_ecmascript::SyntaxChecker)) {
             Ok(_) => {}
+            Err(FileError::Compile(e)) => {
+                bad = true;
+                e.diagnostics.iter().for_each(terminal::print_diagnostic);
+            }
             Err(e) => {
                 bad = true;
                 println!("{e}");
@@ -165,9 +176,21 @@ fn ended(host: &LocalHost<FileFactory>, sid: &str) -> ExitCode {
     }
 }
 
-fn flush_logs(host: &mut LocalHost<FileFactory>, enabled: bool) {
+/// What `ors run` prints on stderr besides errors.
+#[derive(Clone, Copy)]
+struct Output {
+    log: bool,
+    trace: bool,
+}
+
+/// Prints (or drops) what the session did since the last call: its microsteps with
+/// `--trace`, its `<log>` lines with `--log`.
+fn flush_logs(host: &mut LocalHost<FileFactory>, sid: &str, out: Output) {
+    if out.trace {
+        terminal::print_microsteps(sid, &host.take_microsteps(sid));
+    }
     for l in host.logs.drain(..) {
-        if enabled {
+        if out.log {
             eprintln!("log {}: {}: {}", l.sessionid, l.label, l.message);
         }
     }
@@ -188,13 +211,14 @@ fn run(
     file: &std::path::Path,
     virtual_time: bool,
     timeout_ms: u64,
-    log: bool,
+    out: Output,
 ) -> anyhow::Result<ExitCode> {
-    let doc = compile_file(file, None).map_err(anyhow::Error::msg)?;
+    let doc = compile_file(file, None)?;
     let factory = FileFactory {
         loader: FileLoader::for_document(file),
     };
     let mut host = LocalHost::new(factory, "run-");
+    host.record_microsteps = out.trace;
     let started = Instant::now();
     let now = |started: &Instant| started.elapsed().as_millis() as u64;
 
@@ -212,7 +236,7 @@ fn run(
     if virtual_time {
         host.run_virtual(timeout_ms);
     }
-    flush_logs(&mut host, log);
+    flush_logs(&mut host, &sid, out);
     if status(&host, &sid) {
         return Ok(ended(&host, &sid));
     }
@@ -240,7 +264,7 @@ fn run(
                     host.advance_to(now(&started));
                 }
             }
-            flush_logs(&mut host, log);
+            flush_logs(&mut host, &sid, out);
             if host.session(&sid).is_some_and(|s| s.is_done()) {
                 status(&host, &sid);
                 return Ok(ended(&host, &sid));
@@ -273,7 +297,7 @@ fn run(
                 if virtual_time {
                     host.run_virtual(timeout_ms);
                 }
-                flush_logs(&mut host, log);
+                flush_logs(&mut host, &sid, out);
                 if status(&host, &sid) {
                     return Ok(ended(&host, &sid));
                 }
@@ -284,7 +308,7 @@ fn run(
                     return Ok(ExitCode::from(3));
                 }
                 host.advance_to(now(&started));
-                flush_logs(&mut host, log);
+                flush_logs(&mut host, &sid, out);
                 if host.session(&sid).is_some_and(|s| s.is_done()) {
                     status(&host, &sid);
                     return Ok(ended(&host, &sid));

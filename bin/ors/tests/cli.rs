@@ -280,3 +280,80 @@ fn bench_prints_one_json_line_of_figures() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--data must be JSON"));
 }
+
+#[test]
+fn run_trace_prints_each_microstep_without_colours_when_piped() {
+    // Both regions take `go`; their exit sets meet, so r1's transition (selected first,
+    // in document order) wins and b's is dropped (removeConflictingTransitions).
+    let doc = write_doc(
+        "conflict.scxml",
+        r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" initial="p">
+  <parallel id="p">
+    <state id="r1"><transition event="go" target="x"/><state id="a"/></state>
+    <state id="r2"><state id="b"><transition event="go" target="y"/></state></state>
+  </parallel>
+  <state id="x"/>
+  <state id="y"/>
+</scxml>"#,
+    );
+    let o = ors(
+        &["run", "--trace", doc.to_str().unwrap()],
+        "{\"name\":\"go\"}\n",
+    );
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains('\x1b'), "colours on a pipe: {err:?}");
+    let expected = "trace run-1: microstep on start\n  enter   p r1 a r2 b\n\
+        trace run-1: microstep on event go\n  dropped b[0] (conflicts with r1[0])\n  \
+        exit    b r2 a r1 p\n  take    r1[0]\n  enter   x\n";
+    assert_eq!(err, expected);
+    assert_eq!(
+        lines(&o),
+        [
+            r#"{"configuration":["a","b"],"done":false}"#,
+            r#"{"configuration":["x"],"done":false}"#
+        ]
+    );
+}
+
+#[test]
+fn validate_colours_only_where_asked() {
+    let bad = write_doc(
+        "colours.scxml",
+        "<scxml xmlns='http://www.w3.org/2005/07/scxml' version='1.0'><state id='a'><transition target='nowhere'/></state></scxml>",
+    );
+    let run = |force: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ors"));
+        c.args(["validate", bad.to_str().unwrap()])
+            .env_remove("NO_COLOR");
+        if force {
+            // What anstream honours for a terminal it cannot see (as on CI logs).
+            c.env("CLICOLOR_FORCE", "1");
+        } else {
+            c.env_remove("CLICOLOR_FORCE");
+        }
+        String::from_utf8(c.output().unwrap().stdout).unwrap()
+    };
+    let plain = run(false);
+    let coloured = run(true);
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+    assert!(coloured.contains("\x1b[1m"), "{coloured:?}");
+    let stripped: String = {
+        // Remove `ESC [ ... m` sequences: what is left is the plain text.
+        let mut out = String::new();
+        let mut chars = coloured.chars();
+        while let Some(ch) = chars.next() {
+            if ch == '\x1b' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(ch);
+            }
+        }
+        out
+    };
+    assert_eq!(stripped, plain);
+}

@@ -59,6 +59,9 @@ pub struct LocalHost<F: SessionFactory> {
     live: Rc<RefCell<BTreeSet<String>>>,
     /// Sessions that ended, with their reason (`None`: reached a final state).
     pub ended: BTreeMap<String, Option<String>>,
+    /// Sessions created from now on record their microsteps (read them with
+    /// [`LocalHost::take_microsteps`]).
+    pub record_microsteps: bool,
 }
 
 impl<F: SessionFactory> LocalHost<F> {
@@ -83,7 +86,17 @@ impl<F: SessionFactory> LocalHost<F> {
             logs: Vec::new(),
             live: Rc::default(),
             ended: BTreeMap::new(),
+            record_microsteps: false,
         }
+    }
+
+    /// The microsteps a session made since the last call, when
+    /// [`LocalHost::record_microsteps`] was set before it started.
+    pub fn take_microsteps(&mut self, id: &str) -> Vec<crate::Microstep> {
+        self.host
+            .get_mut(id)
+            .map(|h| h.session.take_microsteps())
+            .unwrap_or_default()
     }
 
     /// The host's clock.
@@ -102,6 +115,9 @@ impl<F: SessionFactory> LocalHost<F> {
         self.live.borrow_mut().insert(sid.clone());
         let live = self.live.clone();
         let mut s = Session::new(doc, dm, sid);
+        if self.record_microsteps {
+            s.record_microsteps();
+        }
         // Known at send time, so error.communication is raised at once, as the spec asks.
         s.set_target_check(Box::new(move |target| match SendTarget::parse(target) {
             SendTarget::Parent => has_parent,
