@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 /// Counts what each thread allocates, so a macrostep's memory budget can be enforced
 /// (`limits.macrostep_memory_mb`).
 #[global_allocator]
-static ALLOC: ors_alloc_meter::CountingAlloc = ors_alloc_meter::CountingAlloc::system();
+static ALLOC: ors_alloc_meter::CountingAlloc<tikv_jemallocator::Jemalloc> =
+    ors_alloc_meter::CountingAlloc(tikv_jemallocator::Jemalloc);
 
 #[derive(Parser)]
 #[command(

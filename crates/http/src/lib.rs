@@ -95,8 +95,12 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone)]
-struct AppState {
+/// What every handler and middleware gets. Axum clones the state for each of them on
+/// every request; behind one `Arc` that is one atomic increment instead of a copy of the
+/// configuration (its strings) and of every handle.
+type AppState = Arc<AppInner>;
+
+struct AppInner {
     rt: Runtime,
     cfg: HttpConfig,
     metrics: Option<PrometheusHandle>,
@@ -104,11 +108,11 @@ struct AppState {
 
 /// The router with every endpoint and layer.
 pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -> Router {
-    let state = AppState {
+    let state: AppState = Arc::new(AppInner {
         rt,
         cfg: cfg.clone(),
         metrics,
-    };
+    });
     let layers = ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(axum::error_handling::HandleErrorLayer::new(

@@ -22,10 +22,105 @@ const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 const LEASE_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("lease_tokens");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 
-/// A [`SessionStore`] in one redb file: crash-safe (one fsync per call), for one process at a time.
+/// A [`SessionStore`] in one redb file: crash-safe (every call returns after its fsync),
+/// for one process at a time. Session writes from concurrent callers share commits: see
+/// [`Committer`].
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    committer: Arc<Committer>,
+}
+
+/// Group commit of session writes across callers. One thread owns the commits of
+/// `write_sessions`: it takes every batch queued while the previous commit was syncing,
+/// applies them in arrival order in one transaction (each write checked on its own
+/// against the state the ones before it left), commits once, and answers every caller.
+/// Under load a commit carries the batches of every worker instead of one, so the fsync
+/// and the B-tree pages it rewrites are paid once for all of them; alone, a batch is
+/// committed at once, as before.
+struct Committer {
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<Batch>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Batch {
+    writes: Vec<OwnedWrite>,
+    reply: tokio::sync::oneshot::Sender<Vec<Result<u64>>>,
+}
+
+impl Committer {
+    fn start(db: Arc<Database>) -> Committer {
+        let (tx, rx) = std::sync::mpsc::channel::<Batch>();
+        let thread = std::thread::Builder::new()
+            .name("ors-embedded-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batches = vec![first];
+                    batches.extend(rx.try_iter());
+                    commit_batches(&db, batches);
+                }
+            })
+            .expect("spawning the commit thread");
+        Committer {
+            queue: std::sync::Mutex::new(Some(tx)),
+            thread: Some(thread),
+        }
+    }
+
+    async fn submit(&self, writes: Vec<OwnedWrite>) -> Vec<Result<u64>> {
+        let n = writes.len();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = match &*self.queue.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(q) => q.send(Batch { writes, reply }).is_ok(),
+            None => false,
+        };
+        let gone = || StoreError::Unavailable("the embedded store's commit thread stopped".into());
+        if !sent {
+            return (0..n).map(|_| Err(gone())).collect();
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| (0..n).map(|_| Err(gone())).collect())
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has answered what it holds; waiting
+        // for it releases the database file before the store is gone (so it can be opened
+        // again at once).
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One transaction for every queued batch; each caller gets its own results, or the
+/// commit's error for each of its writes.
+fn commit_batches(db: &Database, batches: Vec<Batch>) {
+    let applied = (|| {
+        let txn = db.begin_write().map_err(other)?;
+        let results: Vec<Vec<Result<u64>>> = batches
+            .iter()
+            .map(|b| b.writes.iter().map(|w| apply_write(&txn, w)).collect())
+            .collect();
+        txn.commit().map_err(other)?;
+        Ok::<_, StoreError>(results)
+    })();
+    match applied {
+        Ok(results) => {
+            for (b, r) in batches.into_iter().zip(results) {
+                let _ = b.reply.send(r);
+            }
+        }
+        Err(e) => {
+            for b in batches {
+                let n = b.writes.len();
+                let _ = b.reply.send((0..n).map(|_| Err(e.clone())).collect());
+            }
+        }
+    }
 }
 
 fn other(e: impl std::fmt::Display) -> StoreError {
@@ -64,7 +159,11 @@ impl EmbeddedStore {
             txn.open_table(MEMBERS).map_err(other)?;
         }
         txn.commit().map_err(other)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        Ok(EmbeddedStore {
+            committer: Arc::new(Committer::start(db.clone())),
+            db,
+        })
     }
 
     async fn write<T: Send + 'static>(
@@ -174,15 +273,17 @@ fn apply_write(txn: &redb::WriteTransaction, w: &OwnedWrite) -> Result<u64> {
     t.insert(w.id.as_str(), record::encode_session(&rec).as_slice())
         .map_err(other)?;
     drop(t);
-    let mut idx = txn.open_table(BY_NODE).map_err(other)?;
-    if let Some(old) = &cur
-        && old.node != w.node
-    {
-        idx.remove((old.node.as_str(), w.id.as_str()))
+    // The index changes only when the session is new or changes node; rewriting it on
+    // every write would dirty one more page per commit.
+    if cur.as_ref().is_none_or(|old| old.node != w.node) {
+        let mut idx = txn.open_table(BY_NODE).map_err(other)?;
+        if let Some(old) = &cur {
+            idx.remove((old.node.as_str(), w.id.as_str()))
+                .map_err(other)?;
+        }
+        idx.insert((w.node.as_str(), w.id.as_str()), ())
             .map_err(other)?;
     }
-    idx.insert((w.node.as_str(), w.id.as_str()), ())
-        .map_err(other)?;
     Ok(version)
 }
 
@@ -239,24 +340,13 @@ impl SessionStore for EmbeddedStore {
             .unwrap_or_else(|| Err(StoreError::Other("no result".into())))
     }
 
-    /// All writes in one transaction and one fsync (group commit); each is checked on its
-    /// own against the state left by the ones before it.
+    /// All writes in one transaction and one fsync, shared with the batches of other
+    /// callers queued meanwhile (see [`Committer`]); each is checked on its own against
+    /// the state left by the ones before it.
     async fn write_sessions(&self, writes: &[SessionWrite<'_>]) -> Vec<Result<u64>> {
-        let owned: Vec<OwnedWrite> = writes.iter().map(OwnedWrite::from).collect();
-        let n = owned.len();
-        let r = self
-            .write(move |txn| {
-                let mut results = Vec::with_capacity(owned.len());
-                for w in &owned {
-                    results.push(apply_write(txn, w));
-                }
-                Ok(results)
-            })
-            .await;
-        match r {
-            Ok(v) => v,
-            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-        }
+        self.committer
+            .submit(writes.iter().map(OwnedWrite::from).collect())
+            .await
     }
 
     async fn read_session(&self, id: &str) -> Result<Option<SessionRecord>> {

@@ -65,6 +65,25 @@ fn start_server(bin: &str, data: &Path, docs: &Path, extra: &[&str]) -> Server {
     Server { child, url }
 }
 
+/// CPU time (user + system) the process has used so far, in seconds (`/proc`, in ticks of
+/// USER_HZ, which is 100 on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: f64 = status
@@ -243,9 +262,12 @@ async fn run(name: &str, bin: &str, extra: &[&str]) {
         .build()
         .unwrap();
     let (ids, started) = start_sessions(&c, &s.url, SESSIONS).await;
+    let cpu_before = cpu_seconds(s.child.id());
     let (rate, p50, p99) = events(&c, event_urls(&s.url, &ids), 10).await;
+    // The server's CPU per event is steadier than events/s on a shared machine.
+    let cpu_us = (cpu_seconds(s.child.id()) - cpu_before) * 1e6 / (rate * 10.0);
     println!(
-        "{name:<9} sessions started/s {started:>8.0} | durable events/s {rate:>8.0}  p50 {:>6.2} ms  p99 {:>6.2} ms  ({CLIENTS} clients, {SESSIONS} sessions)",
+        "{name:<9} sessions started/s {started:>8.0} | durable events/s {rate:>8.0}  p50 {:>6.2} ms  p99 {:>6.2} ms  server CPU {cpu_us:>5.1} us/event  ({CLIENTS} clients, {SESSIONS} sessions)",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
     );
