@@ -2,6 +2,7 @@
 
 mod bench;
 mod serve;
+mod sessions;
 mod terminal;
 mod tls;
 
@@ -66,6 +67,8 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    /// Look at and drive a running server's sessions: list, show, send, terminate.
+    Sessions(sessions::SessionsArgs),
     /// Measure the engine on a document, in process: events per CPU-second through one
     /// session, sessions started per CPU-second, and bytes per live session, as one
     /// JSON line.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Serve(args) => serve_blocking(*args),
         Command::Validate { files } => validate(&files),
+        Command::Sessions(args) => sessions::sessions(args),
         Command::Run {
             file,
             virtual_time,

@@ -138,6 +138,7 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         .timeout(cfg.request_timeout);
     Router::new()
         .route("/scxml/session/start", post(start))
+        .route("/scxml/sessions", get(list_sessions))
         .route("/scxml/session/{id}/event/{name}", post(event))
         .route("/scxml/session/{id}/request/{name}", post(request))
         .route("/scxml/session/{id}/query", get(query).post(query))
@@ -631,6 +632,45 @@ async fn heartbeat(State(s): State<AppState>) -> Response {
 
 /// A hot standby's long poll of its primary's changes (binary frames; the numbers in
 /// headers). A backup answers `503`.
+/// Most sessions one page of `/scxml/sessions` lists.
+const MAX_PAGE: usize = 1000;
+
+/// `GET /scxml/sessions?node=&after=&limit=`: a page of every session of the cluster, in
+/// id order, from the store (see [`Runtime::list_sessions`]).
+async fn list_sessions(State(s): State<AppState>, uri: Uri) -> Response {
+    let pairs: Vec<(String, String)> = match serde_urlencoded::from_str(uri.query().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad query: {e}"), None),
+    };
+    let (mut node, mut after, mut limit) = (None, None, 100);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "node" => node = Some(v),
+            "after" => after = Some(v),
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
+                _ => {
+                    let msg = format!("limit must be a number from 1 to {MAX_PAGE}");
+                    return error(StatusCode::BAD_REQUEST, msg, None);
+                }
+            },
+            other => {
+                let msg = format!("unknown parameter {other:?} (node, after, limit)");
+                return error(StatusCode::BAD_REQUEST, msg, None);
+            }
+        }
+    }
+    let t = Instant::now();
+    let r =
+        s.rt.list_sessions(node.as_deref(), after.as_deref(), limit)
+            .await;
+    observe("list", t);
+    match r {
+        Ok(page) => axum::Json(page).into_response(),
+        Err(e) => runtime_error(e),
+    }
+}
+
 async fn changes(State(s): State<AppState>, uri: Uri) -> Response {
     let mut term = 0;
     let mut since = 0;

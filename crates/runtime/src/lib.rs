@@ -73,6 +73,24 @@ pub struct QueryResult {
     pub quarantined: Option<String>,
 }
 
+/// One page of the cluster's sessions, from the store (see [`Runtime::list_sessions`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionPage {
+    /// Sessions in id order: `{"sessionid", "node"}`.
+    pub sessions: Vec<ListedSession>,
+    /// The id to pass as `after` for the next page (`None`: this was the last one).
+    pub next: Option<String>,
+}
+
+/// A session in a [`SessionPage`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedSession {
+    /// Its id.
+    pub sessionid: String,
+    /// The node that owns it, as the store says.
+    pub node: String,
+}
+
 /// A `<response>` to a `/request`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResponseData {
@@ -574,6 +592,53 @@ impl Runtime {
             Some(c) => Ok(c.members().await?),
             None => Ok(Arc::default()),
         }
+    }
+
+    /// A page of the sessions the store holds, over every node (or only `node`), in id
+    /// order after `after`, at most `limit`. Reads the store's per-node index, so any
+    /// node of a cluster lists every session. Each page reads the whole index of the
+    /// nodes listed (the store has no ordered cursor yet): fine for thousands of
+    /// sessions, slow for millions.
+    pub async fn list_sessions(
+        &self,
+        node: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<SessionPage, RuntimeError> {
+        let mut nodes: Vec<String> = match node {
+            Some(n) => vec![n.to_string()],
+            None => {
+                let mut v: Vec<String> = self
+                    .members()
+                    .await?
+                    .iter()
+                    .map(|m| m.node.clone())
+                    .collect();
+                v.push(self.shared.cfg.node_id.clone());
+                v
+            }
+        };
+        nodes.sort();
+        nodes.dedup();
+        let mut all: Vec<ListedSession> = Vec::new();
+        for n in &nodes {
+            for id in self.shared.store.node_sessions(n).await? {
+                if after.is_none_or(|a| id.as_str() > a) {
+                    all.push(ListedSession {
+                        sessionid: id,
+                        node: n.clone(),
+                    });
+                }
+            }
+        }
+        all.sort_by(|a, b| a.sessionid.cmp(&b.sessionid));
+        let limit = limit.max(1);
+        let next = (all.len() > limit).then(|| all[limit - 1].sessionid.clone());
+        all.truncate(limit);
+        Ok(SessionPage {
+            sessions: all,
+            next,
+        })
     }
 
     /// Whether the store answered this process's last lease call (renewed every third of

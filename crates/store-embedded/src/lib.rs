@@ -24,7 +24,7 @@ const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 
 /// A [`SessionStore`] in one redb file: crash-safe (every call returns after its fsync),
 /// for one process at a time. Session writes from concurrent callers share commits: see
-/// [`Committer`].
+/// `Committer` in the source.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -341,7 +341,7 @@ impl SessionStore for EmbeddedStore {
     }
 
     /// All writes in one transaction and one fsync, shared with the batches of other
-    /// callers queued meanwhile (see [`Committer`]); each is checked on its own against
+    /// callers queued meanwhile (see `Committer` in the source); each is checked on its own against
     /// the state left by the ones before it.
     async fn write_sessions(&self, writes: &[SessionWrite<'_>]) -> Vec<Result<u64>> {
         self.committer
