@@ -55,6 +55,9 @@ function run(job, reply) {
       try {
         const sc = new scxml.core.Statechart(fnModel, {
           console: { log: (_label, message) => logs.push(String(message)) },
+          // SCION keeps every statechart in a registry for life (by default one shared
+          // map); a map per job lets each be collected, or a long sweep runs out of heap.
+          sessionRegistry: new Map(),
         });
         const record = () => {
           const done = sc.isFinal();

@@ -161,6 +161,34 @@ pub const KNOWN: &[KnownBug] = &[
     },
     KnownBug {
         peer: "scion",
+        name: "scion_deep_history_drops_finals",
+        why: "SCION restores a deep history without the <final> states it recorded and \
+              enters their parent's default state instead; exitStates records every active \
+              atomic descendant (finals included) and addDescendantStatesToEnter enters \
+              exactly historyValue[h]",
+        applies: |e| {
+            let (Some(ours), Some(theirs)) = lines(e) else {
+                return false;
+            };
+            let (Some(f), Some(other)) = (ours.strip_prefix('+'), theirs.strip_prefix('+')) else {
+                return false;
+            };
+            let parent = |id: &str| crate::generate::find_parent(e.doc, id).map(|p| p.id.clone());
+            node(e.doc, f).is_some_and(|n| n.kind == Kind::Final)
+                && parent(f).is_some()
+                && parent(f) == parent(other)
+                && microstep_at(e).is_some_and(|m| {
+                    m.transitions.iter().any(|t| {
+                        declared_targets(e.doc, t).iter().any(|target| {
+                            node(e.doc, target)
+                                .is_some_and(|n| n.kind == Kind::History { deep: true })
+                        })
+                    })
+                })
+        },
+    },
+    KnownBug {
+        peer: "scion",
         name: "scion_content_order_by_source",
         why: "SCION runs the content of a microstep's transitions in document order of \
               their sources; executeTransitionContent runs them in the order selectTransitions \
@@ -227,35 +255,45 @@ fn content_order(e: &Evidence, wrong: fn(&Doc, &str, &str) -> bool) -> bool {
     })
 }
 
-/// Ours default-enters C, the first child state of a state P without `initial` whose
-/// first child is a `<history>` H; the peer runs H's default transition (`h:H`) or enters
-/// something else inside P (H's stored configuration).
+/// Our microstep enters a state P without `initial` whose first child is a `<history>`
+/// H, and so enters P's first child state C by default. At the divergence our line is
+/// about C or a state inside it (`+`, `i:`, `h:`), and the peer's about H or another state
+/// inside P: it took H (with its default or its stored configuration) as P's initial.
 fn history_first_child(e: &Evidence) -> bool {
     let (Some(ours), Some(theirs)) = lines(e) else {
         return false;
     };
-    let Some(c) = ours.strip_prefix('+') else {
+    let about = |l: &str| -> Option<String> {
+        ["+", "i:", "h:"]
+            .iter()
+            .find_map(|p| l.strip_prefix(p))
+            .map(String::from)
+    };
+    let (Some(o), Some(t)) = (about(ours), about(theirs)) else {
         return false;
     };
-    let Some(parent) = crate::generate::find_parent(e.doc, c) else {
+    let within =
+        |x: &str, outer: &str| x == outer || ancestors(e.doc, x).iter().any(|a| a == outer);
+    let Some(m) = microstep_at(e) else {
         return false;
     };
-    let Some(h) = parent.children.first() else {
-        return false;
-    };
-    let first_state = parent
-        .children
-        .iter()
-        .find(|n| !matches!(n.kind, Kind::History { .. }));
-    let peer_inside = match theirs.strip_prefix('+') {
-        Some(y) => ancestors(e.doc, y).contains(&parent.id),
-        None => theirs == format!("h:{}", h.id),
-    };
-    parent.kind == Kind::State
-        && parent.initial == Initial::FirstChild
-        && matches!(h.kind, Kind::History { .. })
-        && first_state.is_some_and(|f| f.id == c)
-        && peer_inside
+    m.entered.iter().filter_map(|p| node(e.doc, p)).any(|p| {
+        let Some(h) = p.children.first() else {
+            return false;
+        };
+        let Some(c) = p
+            .children
+            .iter()
+            .find(|n| !matches!(n.kind, Kind::History { .. }))
+        else {
+            return false;
+        };
+        p.kind == Kind::State
+            && p.initial == Initial::FirstChild
+            && matches!(h.kind, Kind::History { .. })
+            && within(&o, &c.id)
+            && (t == h.id || (t != o && within(&t, &p.id)))
+    })
 }
 
 /// Our microstep that wrote our log line at the divergence (the last one of the step when
