@@ -142,13 +142,14 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for f in files {
         match compile_file(f, Some(&ors_ecmascript::SyntaxChecker)) {
             Ok(_) => {}
-            Err(FileError::Compile(e)) => {
-                bad = true;
-                e.diagnostics.iter().for_each(terminal::print_diagnostic);
-            }
             Err(e) => {
                 bad = true;
-                println!("{e}");
+                match e {
+                    FileError::Compile(e) => {
+                        e.diagnostics.iter().for_each(terminal::print_diagnostic)
+                    }
+                    FileError::Read(e) => println!("{e}"),
+                }
             }
         }
     }

@@ -72,7 +72,7 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
 
 async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args)?;
-    let base = args.url.trim_end_matches('/');
+    let base = args.url.as_str();
     match args.command {
         SessionsCommand::List {
             node,
@@ -83,8 +83,7 @@ async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
             let mut after = after;
             let mut rows: Vec<[String; 2]> = Vec::new();
             loop {
-                let mut url = reqwest::Url::parse(&format!("{base}/scxml/sessions"))
-                    .with_context(|| format!("bad --url {base}"))?;
+                let mut url = endpoint(base, &["scxml", "sessions"])?;
                 url.query_pairs_mut()
                     .append_pair("limit", &limit.to_string());
                 if let Some(n) = &node {
@@ -123,8 +122,8 @@ async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
             }
         }
         SessionsCommand::Show { id } => {
-            let url = format!("{base}/scxml/session/{}/query", path(&id));
-            let q = api.call(Method::GET, &url, None).await?;
+            let url = endpoint(base, &["scxml", "session", &id, "query"])?;
+            let q = api.call(Method::GET, url.as_str(), None).await?;
             if args.json {
                 println!("{q}");
             } else {
@@ -158,8 +157,8 @@ async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            let url = format!("{base}/scxml/session/{}/event/{}", path(&id), path(&event));
-            let r = api.call(Method::POST, &url, body).await?;
+            let url = endpoint(base, &["scxml", "session", &id, "event", &event])?;
+            let r = api.call(Method::POST, url.as_str(), body).await?;
             if args.json {
                 println!("{r}");
             } else {
@@ -172,8 +171,8 @@ async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
             }
         }
         SessionsCommand::Terminate { id } => {
-            let url = format!("{base}/scxml/session/{}/terminate", path(&id));
-            let r = api.call(Method::POST, &url, None).await?;
+            let url = endpoint(base, &["scxml", "session", &id, "terminate"])?;
+            let r = api.call(Method::POST, url.as_str(), None).await?;
             if args.json {
                 println!("{r}");
             } else {
@@ -189,11 +188,14 @@ fn text(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), String::from)
 }
 
-/// One path segment, percent-encoded.
-fn path(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+/// `base` with `segments` appended to its path, each percent-encoded as a path segment.
+fn endpoint(base: &str, segments: &[&str]) -> anyhow::Result<reqwest::Url> {
+    let mut url = reqwest::Url::parse(base).with_context(|| format!("bad --url {base}"))?;
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("bad --url {base}: not a base URL"))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
 }
 
 fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {

@@ -630,8 +630,6 @@ async fn heartbeat(State(s): State<AppState>) -> Response {
     }
 }
 
-/// A hot standby's long poll of its primary's changes (binary frames; the numbers in
-/// headers). A backup answers `503`.
 /// Most sessions one page of `/scxml/sessions` lists.
 const MAX_PAGE: usize = 1000;
 
@@ -671,6 +669,8 @@ async fn list_sessions(State(s): State<AppState>, uri: Uri) -> Response {
     }
 }
 
+/// A hot standby's long poll of its primary's changes (binary frames; the numbers in
+/// headers). A backup answers `503`.
 async fn changes(State(s): State<AppState>, uri: Uri) -> Response {
     let mut term = 0;
     let mut since = 0;

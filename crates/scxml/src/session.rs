@@ -592,7 +592,9 @@ impl Session {
                     .collect(),
                 ..Microstep::default()
             };
-            self.microsteps.get_or_insert_default().push(step);
+            if let Some(steps) = &mut self.microsteps {
+                steps.push(step);
+            }
         }
         self.exit_states(enabled);
         let doc = self.doc.clone();

@@ -39,7 +39,8 @@ pub struct EmbeddedStore {
 /// and the B-tree pages it rewrites are paid once for all of them; alone, a batch is
 /// committed at once, as before.
 struct Committer {
-    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<Batch>>>,
+    /// `None` only while dropping (closing it ends the thread).
+    queue: Option<std::sync::mpsc::Sender<Batch>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -62,25 +63,26 @@ impl Committer {
             })
             .expect("spawning the commit thread");
         Committer {
-            queue: std::sync::Mutex::new(Some(tx)),
+            queue: Some(tx),
             thread: Some(thread),
         }
     }
 
     async fn submit(&self, writes: Vec<OwnedWrite>) -> Vec<Result<u64>> {
         let n = writes.len();
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let sent = match &*self.queue.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(q) => q.send(Batch { writes, reply }).is_ok(),
-            None => false,
+        let gone = || {
+            let e = StoreError::Unavailable("the embedded store's commit thread stopped".into());
+            vec![Err(e); n]
         };
-        let gone = || StoreError::Unavailable("the embedded store's commit thread stopped".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = self
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.send(Batch { writes, reply }).is_ok());
         if !sent {
-            return (0..n).map(|_| Err(gone())).collect();
+            return gone();
         }
-        answer
-            .await
-            .unwrap_or_else(|_| (0..n).map(|_| Err(gone())).collect())
+        answer.await.unwrap_or_else(|_| gone())
     }
 }
 
@@ -89,7 +91,7 @@ impl Drop for Committer {
         // Closing the queue ends the thread once it has answered what it holds; waiting
         // for it releases the database file before the store is gone (so it can be opened
         // again at once).
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.queue.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -116,8 +118,7 @@ fn commit_batches(db: &Database, batches: Vec<Batch>) {
         }
         Err(e) => {
             for b in batches {
-                let n = b.writes.len();
-                let _ = b.reply.send((0..n).map(|_| Err(e.clone())).collect());
+                let _ = b.reply.send(vec![Err(e.clone()); b.writes.len()]);
             }
         }
     }

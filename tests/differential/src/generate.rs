@@ -361,7 +361,8 @@ impl<R: Rng> Generator<'_, R> {
     }
 }
 
-fn find_mut<'a>(doc: &'a mut Doc, id: &str) -> Option<&'a mut Node> {
+/// The node with `id`, to change.
+pub fn find_mut<'a>(doc: &'a mut Doc, id: &str) -> Option<&'a mut Node> {
     fn walk<'a>(n: &'a mut Node, id: &str) -> Option<&'a mut Node> {
         if n.id == id {
             return Some(n);

@@ -122,9 +122,9 @@ pub const KNOWN: &[KnownBug] = &[
               the history's stored (or default) states",
         applies: |e| {
             exit_set_differs(e, |doc, t| {
-                declared_targets(doc, t).iter().any(|target| {
-                    node(doc, target).is_some_and(|n| matches!(n.kind, Kind::History { .. }))
-                })
+                target_kinds(doc, t)
+                    .iter()
+                    .any(|k| matches!(k, Kind::History { .. }))
             })
         },
     },
@@ -151,10 +151,9 @@ pub const KNOWN: &[KnownBug] = &[
                     .is_some_and(|t| t.done && t.config.is_empty())
                 && microstep_at(e).is_some_and(|m| {
                     m.transitions.iter().any(|t| {
-                        declared_targets(e.doc, t).iter().any(|target| {
-                            node(e.doc, target)
-                                .is_some_and(|n| matches!(n.kind, Kind::History { .. }))
-                        })
+                        target_kinds(e.doc, t)
+                            .iter()
+                            .any(|k| matches!(k, Kind::History { .. }))
                     })
                 })
         },
@@ -178,12 +177,9 @@ pub const KNOWN: &[KnownBug] = &[
                 && parent(f).is_some()
                 && parent(f) == parent(other)
                 && microstep_at(e).is_some_and(|m| {
-                    m.transitions.iter().any(|t| {
-                        declared_targets(e.doc, t).iter().any(|target| {
-                            node(e.doc, target)
-                                .is_some_and(|n| n.kind == Kind::History { deep: true })
-                        })
-                    })
+                    m.transitions
+                        .iter()
+                        .any(|t| target_kinds(e.doc, t).contains(&Kind::History { deep: true }))
                 })
         },
     },
@@ -381,6 +377,14 @@ fn exit_set_differs(e: &Evidence, suspect: fn(&Doc, &TransitionRef) -> bool) -> 
         _ => false,
     };
     differs && m.transitions.iter().any(|t| suspect(e.doc, t))
+}
+
+/// The kinds of the states a transition names as its targets.
+fn target_kinds(doc: &Doc, t: &TransitionRef) -> Vec<Kind> {
+    declared_targets(doc, t)
+        .iter()
+        .filter_map(|target| node(doc, target).map(|n| n.kind))
+        .collect()
 }
 
 fn declared_targets(doc: &Doc, t: &TransitionRef) -> Vec<String> {

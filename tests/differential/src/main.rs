@@ -230,11 +230,8 @@ fn judge(case: &generate::Case, peers: &mut [run::Peer]) -> anyhow::Result<Vec<V
 }
 
 fn judge_one(case: &generate::Case, peer: &mut run::Peer) -> anyhow::Result<Verdict> {
-    let xml = generate::to_xml(&case.doc);
-    let id = peer.submit(&xml, &case.events)?;
-    let ours = run::ours(&xml, &case.events)?;
-    let theirs = peer.receive(id);
-    Ok(verdict(case, &ours, &peer.name, theirs))
+    let mut verdicts = judge(case, std::slice::from_mut(peer))?;
+    Ok(verdicts.pop().expect("one verdict per peer"))
 }
 
 fn verdict(

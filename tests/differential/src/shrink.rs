@@ -82,16 +82,7 @@ pub fn shrink(mut case: Case, mut still_fails: impl FnMut(&Case) -> bool) -> Cas
 }
 
 fn find_mut<'a>(doc: &'a mut Doc, id: &str) -> &'a mut Node {
-    fn walk<'a>(n: &'a mut Node, id: &str) -> Option<&'a mut Node> {
-        if n.id == id {
-            return Some(n);
-        }
-        n.children.iter_mut().find_map(|c| walk(c, id))
-    }
-    doc.top
-        .iter_mut()
-        .find_map(|n| walk(n, id))
-        .expect("ids come from the document")
+    crate::generate::find_mut(doc, id).expect("ids come from the document")
 }
 
 /// Keeps the `t:id.k` markers equal to the transitions' positions.
