@@ -2,7 +2,8 @@
 # Runs every test of the project: formatting, lints, the workspace's unit and integration
 # tests, and the W3C SCXML conformance suite. Installs what it needs on a fresh Debian
 # machine: npm (the W3C suite comes from npm into .w3c/, which git ignores),
-# redis-server and haproxy (tests start their own on free loopback ports), and
+# redis-server and haproxy (tests start their own on free loopback ports), chromium and
+# chromium-driver (the inspector test drives a headless browser), and
 # schemathesis from PyPI (the API fuzzing run), and for the differential run (through
 # scripts/differential.sh) qt6-scxml-dev and g++ from Debian and SCION from npm.
 set -euo pipefail
@@ -38,6 +39,11 @@ if ! command -v haproxy >/dev/null; then
   echo "== installing haproxy (the HA tests put a real one in front of the servers)"
   apt-get update -qq && apt-get install -y -qq haproxy >/dev/null
   (systemctl stop haproxy 2>/dev/null || service haproxy stop 2>/dev/null || true)
+fi
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "== installing chromium and chromium-driver (the inspector test drives a real headless browser)"
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 echo "== cargo fmt --check"

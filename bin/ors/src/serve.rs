@@ -27,6 +27,16 @@ pub struct FileConfig {
     pub limits: LimitsConfig,
     pub sessions: SessionsConfig,
     pub http: HttpSection,
+    pub inspector: InspectorSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InspectorSection {
+    /// Serve the web inspector at `/inspector` (default off).
+    pub enabled: Option<bool>,
+    /// Entries of each in-memory session's ring of recent happenings (default 32).
+    pub history: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +172,9 @@ pub struct ServeArgs {
     /// Worker threads running sessions (default: one per core).
     #[arg(long, env = "ORS_WORKERS")]
     pub workers: Option<usize>,
+    /// Serve the web inspector at /inspector (its data needs the API's token).
+    #[arg(long, env = "ORS_INSPECTOR")]
+    pub inspector: bool,
 }
 
 fn secs(v: Option<u64>) -> Option<Duration> {
@@ -306,6 +319,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("http.outbound_allow: {e}"))?;
     let d = ors_runtime::RuntimeConfig::default();
     let (l, ss) = (&file.limits, &file.sessions);
+    let inspector = args.inspector || file.inspector.enabled.unwrap_or(false);
     let rcfg = ors_runtime::RuntimeConfig {
         node_id,
         workers: args.workers.or(file.workers).unwrap_or(0),
@@ -364,6 +378,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         peer_token: tokens.first().cloned(),
         outbound: Arc::new(outbound),
+        // The ring is kept only for the inspector.
+        history: match inspector {
+            true => file.inspector.history.unwrap_or(32),
+            false => 0,
+        },
         ..d
     };
     let hd = ors_http::HttpConfig::default();
@@ -384,6 +403,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             file.http.auth_metrics.unwrap_or(true),
         )
         .map(Arc::new),
+        inspector,
     };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()

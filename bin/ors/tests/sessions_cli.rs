@@ -40,32 +40,13 @@ fn json(out: &str) -> Value {
 async fn sessions_cli_lists_shows_sends_and_terminates_across_a_cluster() {
     let redis = ors_testsupport::RedisServer::start(false);
     let tmp = tempfile::tempdir().unwrap();
-    let docs = tmp.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
-    let tokens = tmp.path().join("tokens");
-    std::fs::write(&tokens, "peer-token\nclient-token\n").unwrap();
-    let serve = |name: &str, node: &str| {
-        Server::start(
-            &tmp.path().join(name),
-            &docs,
-            CONFIG,
-            &[
-                "--store",
-                "redis",
-                "--redis-url",
-                &redis.url(),
-                "--node-id",
-                node,
-                "--api-tokens-file",
-                tokens.to_str().unwrap(),
-            ],
-        )
-    };
-    let one = serve("1", "node1");
-    let two = serve("2", "node2");
-    one.until_primary();
-    two.until_primary();
+    let (one, two) = redis_pair(
+        tmp.path(),
+        &redis.url(),
+        &["peer-token", "client-token"],
+        CONFIG,
+        &[("counter.scxml", COUNTER)],
+    );
 
     // Three sessions on node1, two on node2, started with the token.
     let c = client();

@@ -36,6 +36,9 @@ pub struct HttpConfig {
     pub cookie: String,
     /// Bearer tokens the API requires (`None`: no authentication).
     pub auth: Option<Arc<ApiAuth>>,
+    /// Serve the web inspector under `/inspector` (see `ors_inspector`); its data needs
+    /// the API's token like any other request.
+    pub inspector: bool,
 }
 
 /// Who may call the API: requests must carry `Authorization: Bearer <token>` with one of
@@ -72,6 +75,7 @@ impl ApiAuth {
     /// Whether a request for `path` with these headers may go on.
     fn allows(&self, path: &str, headers: &HeaderMap) -> bool {
         let open = path == ors_cluster::WATCH_PATH
+            || ors_inspector::is_public_path(path)
             || (path == "/heartbeat" && !self.heartbeat)
             || (path == "/metrics" && !self.metrics);
         open || headers
@@ -91,6 +95,7 @@ impl Default for HttpConfig {
             heartbeat_backup_status: 503,
             cookie: "ORSSESSIONID={sessionid}; Path=/".into(),
             auth: None,
+            inspector: false,
         }
     }
 }
@@ -136,7 +141,12 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         .load_shed()
         .concurrency_limit(cfg.max_concurrent_requests)
         .timeout(cfg.request_timeout);
+    let inspector = match cfg.inspector {
+        true => ors_inspector::router(state.rt.clone()),
+        false => Router::new(),
+    };
     Router::new()
+        .merge(inspector)
         .route("/scxml/session/start", post(start))
         .route("/scxml/sessions", get(list_sessions))
         .route("/scxml/session/{id}/event/{name}", post(event))

@@ -68,6 +68,9 @@ pub struct RuntimeConfig {
     pub js: ors_ecmascript::RuntimeOptions,
     /// Finished sessions stay queryable this long.
     pub finished_retention: Duration,
+    /// Entries of the ring of recent happenings (events received, microsteps) each
+    /// session in memory keeps for the inspector; 0: no ring and no recording.
+    pub history: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -99,6 +102,7 @@ impl Default for RuntimeConfig {
             lease_ttl: Duration::from_secs(10),
             js: ors_ecmascript::RuntimeOptions::default(),
             finished_retention: Duration::from_secs(300),
+            history: 0,
         }
     }
 }

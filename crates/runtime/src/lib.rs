@@ -18,6 +18,7 @@ mod config;
 mod documents;
 mod error;
 mod idempotency;
+mod inspect;
 mod jobs;
 mod nodes;
 pub mod outbound;
@@ -45,6 +46,7 @@ use tokio::sync::oneshot;
 pub use basichttp::receive as basichttp_event;
 pub use config::RuntimeConfig;
 pub use error::RuntimeError;
+pub use inspect::{Happening, Inspection, PendingSend, SessionWatch, What};
 pub use ors_cluster::Role as NodeRole;
 pub use standby::{
     ChangesAnswer, NEXT as CHANGES_NEXT, RESYNC as CHANGES_RESYNC, TERM as CHANGES_TERM,
@@ -89,6 +91,21 @@ pub struct ListedSession {
     pub sessionid: String,
     /// The node that owns it, as the store says.
     pub node: String,
+}
+
+/// A session as the store holds it, for lists (see [`Runtime::session_summary`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    /// Its id.
+    pub sessionid: String,
+    /// The node that owns it.
+    pub node: String,
+    /// Its document's `name`, or the document's source when it has none.
+    pub document: String,
+    /// Every active state, in document order, as of its last durable write.
+    pub active_states: Vec<String>,
+    /// Whether it is quarantined (never run again).
+    pub quarantined: bool,
 }
 
 /// A `<response>` to a `/request`.
@@ -182,6 +199,8 @@ pub(crate) struct Shared {
     cluster: std::sync::OnceLock<Arc<Cluster>>,
     requests: PendingRequests,
     finished: FinishedSessions,
+    /// Who watches which session (the inspector's live pages).
+    watchers: Arc<inspect::Watchers>,
     recovery: recovery::Recovery,
     /// This process's changes, for a hot standby that follows it (when primary).
     feed: standby::Feed,
@@ -472,6 +491,7 @@ impl Runtime {
                 retention: finished_retention,
                 ended: Mutex::default(),
             },
+            watchers: Default::default(),
             scheduler: waker.clone(),
             next_id: AtomicU64::new(0),
         });
@@ -596,9 +616,9 @@ impl Runtime {
 
     /// A page of the sessions the store holds, over every node (or only `node`), in id
     /// order after `after`, at most `limit`. Reads the store's per-node index, so any
-    /// node of a cluster lists every session. Each page reads the whole index of the
-    /// nodes listed (the store has no ordered cursor yet): fine for thousands of
-    /// sessions, slow for millions.
+    /// node of a cluster lists every session: a page of each node's
+    /// ([`SessionStore::node_sessions_page`]: a range read on the embedded store, the
+    /// whole index on stores without an ordered one), merged.
     pub async fn list_sessions(
         &self,
         node: Option<&str>,
@@ -620,25 +640,52 @@ impl Runtime {
         };
         nodes.sort();
         nodes.dedup();
+        let limit = limit.max(1);
         let mut all: Vec<ListedSession> = Vec::new();
         for n in &nodes {
-            for id in self.shared.store.node_sessions(n).await? {
-                if after.is_none_or(|a| id.as_str() > a) {
-                    all.push(ListedSession {
-                        sessionid: id,
-                        node: n.clone(),
-                    });
-                }
+            // One more than the page: whether there is a next page.
+            for id in self
+                .shared
+                .store
+                .node_sessions_page(n, after, limit + 1)
+                .await?
+            {
+                all.push(ListedSession {
+                    sessionid: id,
+                    node: n.clone(),
+                });
             }
         }
         all.sort_by(|a, b| a.sessionid.cmp(&b.sessionid));
-        let limit = limit.max(1);
         let next = (all.len() > limit).then(|| all[limit - 1].sessionid.clone());
         all.truncate(limit);
         Ok(SessionPage {
             sessions: all,
             next,
         })
+    }
+
+    /// Session `sid` as of its last durable write, read from the store (so any node
+    /// answers for every session, and nothing is loaded into memory); `None` if the store
+    /// has no such session.
+    pub async fn session_summary(&self, sid: &str) -> Result<Option<SessionSummary>, RuntimeError> {
+        let Some(rec) = self.shared.store.read_session(sid).await? else {
+            return Ok(None);
+        };
+        let stored = persist::StoredSession::decode(&rec.snapshot).map_err(|e| {
+            RuntimeError::Internal(format!("session {sid} has a corrupt snapshot: {e}"))
+        })?;
+        let document = match self.shared.docs.get(&rec.document).await {
+            Ok(d) => d.name.as_deref().unwrap_or(&d.source_name).to_string(),
+            Err(_) => rec.document.clone(),
+        };
+        Ok(Some(SessionSummary {
+            sessionid: rec.id,
+            node: rec.node,
+            document,
+            active_states: stored.snapshot.configuration,
+            quarantined: stored.quarantined.is_some(),
+        }))
     }
 
     /// Whether the store answered this process's last lease call (renewed every third of
@@ -841,6 +888,43 @@ impl Runtime {
             }),
             r => r,
         }
+    }
+
+    /// What the inspector shows of a session: its query, pending delayed sends, recent
+    /// history (see [`RuntimeConfig::history`]) and document.
+    pub async fn inspect(&self, sid: &str) -> Result<Inspection, RuntimeError> {
+        self.shared.check_owner(sid)?;
+        let capacity = self.shared.cfg.history;
+        if let Some(conf) = self.shared.finished.get(sid) {
+            let q = QueryResult::finished(sid, conf);
+            return Ok(Inspection::of_query(q, self.node_id(), capacity));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared.workers.send(
+            sid,
+            Command::Inspect {
+                sid: sid.to_string(),
+                reply: tx,
+            },
+        )?;
+        match rx.await.map_err(|_| RuntimeError::ShuttingDown)? {
+            Err(RuntimeError::Quarantined { reason, .. }) => {
+                let q = QueryResult {
+                    quarantined: Some(reason),
+                    done: false,
+                    ..QueryResult::finished(sid, Vec::new())
+                };
+                Ok(Inspection::of_query(q, self.node_id(), capacity))
+            }
+            r => r,
+        }
+    }
+
+    /// A watch that wakes after every durable change of session `sid` on this process
+    /// (its macrosteps, its end) until dropped. Costs the workers nothing while no watch
+    /// is open.
+    pub fn watch(&self, sid: &str) -> SessionWatch {
+        self.shared.watchers.watch(sid)
     }
 
     /// Ends the session (as `<cancel>` of an invoked child would); returns once durable.

@@ -220,6 +220,10 @@ impl Session {
     pub fn pending_timers(&self) -> Vec<(u64, u64)> {
         self.timers.iter().map(|(&k, t)| (k, t.due_ms)).collect()
     }
+    /// Pending delayed sends with their timer numbers, in timer-number order.
+    pub fn timers(&self) -> impl Iterator<Item = (u64, &crate::snapshot::PendingTimer)> {
+        self.timers.iter().map(|(&k, t)| (k, t))
+    }
     /// The datamodel's variables as JSON.
     pub fn datamodel_json(&mut self) -> Result<Value, DmError> {
         self.dm.begin();

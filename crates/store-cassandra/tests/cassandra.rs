@@ -63,6 +63,7 @@ async fn conformance_suite_against_a_real_cluster() {
     testkit::session_lifecycle(&h).await;
     testkit::fencing(&h).await;
     testkit::node_index(&h).await;
+    testkit::node_index_pages(&h).await;
     testkit::create_race(&h).await;
     testkit::update_race(&h).await;
     testkit::schedules(&h).await;

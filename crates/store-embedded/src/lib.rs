@@ -415,6 +415,32 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
+    async fn node_sessions_page(
+        &self,
+        node: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let (node, after) = (node.to_string(), after.map(str::to_string));
+        self.read(move |txn| {
+            let t = txn.open_table(BY_NODE).map_err(other)?;
+            let from = after.as_deref().unwrap_or("");
+            let mut v = Vec::new();
+            for r in t.range((node.as_str(), from)..).map_err(other)? {
+                let (k, _) = r.map_err(other)?;
+                let (n, s) = k.value();
+                if n != node || v.len() == limit {
+                    break;
+                }
+                if after.as_deref() != Some(s) {
+                    v.push(s.to_string());
+                }
+            }
+            Ok(v)
+        })
+        .await
+    }
+
     async fn move_session(&self, id: &str, to_node: &str, fence: Fence) -> Result<()> {
         let (id, to) = (id.to_string(), to_node.to_string());
         self.write(move |txn| {

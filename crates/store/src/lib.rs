@@ -282,6 +282,21 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn delete_session(&self, id: &str, fence: Fence) -> Result<()>;
     /// The sessions a node owns.
     async fn node_sessions(&self, node: &str) -> Result<Vec<String>>;
+    /// A page of [`SessionStore::node_sessions`]: at most `limit` ids after `after`, in
+    /// id order (for listings over a million sessions). The default reads the whole index
+    /// and sorts it; backends with an ordered index override it with a range read.
+    async fn node_sessions_page(
+        &self,
+        node: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let mut ids = self.node_sessions(node).await?;
+        ids.retain(|id| after.is_none_or(|a| id.as_str() > a));
+        ids.sort_unstable();
+        ids.truncate(limit);
+        Ok(ids)
+    }
     /// The sessions a node owns with their versions (a standby checks what it holds
     /// against them). The default reads each record; backends override it with a cheaper
     /// read.

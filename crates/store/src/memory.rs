@@ -127,6 +127,24 @@ impl SessionStore for MemoryStore {
             .collect())
     }
 
+    async fn node_sessions_page(
+        &self,
+        node: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let from = (node.to_string(), after.unwrap_or("").to_string());
+        Ok(self
+            .lock()
+            .by_node
+            .range(from..)
+            .take_while(|(n, _)| n == node)
+            .filter(|(_, s)| after.is_none_or(|a| s.as_str() > a))
+            .take(limit)
+            .map(|(_, s)| s.clone())
+            .collect())
+    }
+
     async fn move_session(&self, id: &str, to_node: &str, fence: Fence) -> Result<()> {
         let mut g = self.lock();
         let r = g

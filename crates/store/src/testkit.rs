@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
             case!(node_fencing);
             case!(membership);
             case!(node_index);
+            case!(node_index_pages);
             case!(create_race);
             case!(update_race);
             case!(schedules);
@@ -366,6 +367,55 @@ pub async fn membership<H: Harness>(h: &H) {
         .map(|m| (m.node, m.instance))
         .collect();
     assert_eq!(left, [("n1".into(), "a".into()), ("n2".into(), "a".into())]);
+}
+
+/// Pages of the node index: in id order, after the cursor, no more than asked, other
+/// nodes' sessions never mixed in, and a moved session on its new node's pages.
+pub async fn node_index_pages<H: Harness>(h: &H) {
+    let s = h.fresh().await;
+    for (id, node) in [
+        ("s4", "n1"),
+        ("s1", "n1"),
+        ("s3", "n2"),
+        ("s2", "n1"),
+        ("s5", "n1"),
+    ] {
+        s.write_session(write(id, node, b"x", None, 1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.node_sessions_page("n1", None, 2).await.unwrap(),
+        ["s1", "s2"]
+    );
+    assert_eq!(
+        s.node_sessions_page("n1", Some("s2"), 2).await.unwrap(),
+        ["s4", "s5"]
+    );
+    assert!(
+        s.node_sessions_page("n1", Some("s5"), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A cursor that is not itself an id of the node.
+    assert_eq!(
+        s.node_sessions_page("n1", Some("s3"), 10).await.unwrap(),
+        ["s4", "s5"]
+    );
+    assert_eq!(s.node_sessions_page("n2", None, 10).await.unwrap(), ["s3"]);
+    assert!(
+        s.node_sessions_page("n9", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.move_session("s1", "n2", 2).await.unwrap();
+    assert_eq!(
+        s.node_sessions_page("n2", None, 10).await.unwrap(),
+        ["s1", "s3"]
+    );
+    assert_eq!(s.node_sessions_page("n1", None, 1).await.unwrap(), ["s2"]);
 }
 
 /// The session-to-node index follows creates, moves and deletes.

@@ -173,6 +173,47 @@ impl Drop for Server {
     }
 }
 
+/// Two nodes, `node1` and `node2`, each one process on the same redis-server, requiring
+/// the bearer tokens in `tokens` (one per line; the first is the peers'), with `config`,
+/// serving the documents `docs` (name, text). Both are primary when this returns.
+pub fn redis_pair(
+    dir: &Path,
+    redis_url: &str,
+    tokens: &[&str],
+    config: &str,
+    docs: &[(&str, &str)],
+) -> (Server, Server) {
+    let docs_dir = dir.join("docs");
+    std::fs::create_dir_all(&docs_dir).unwrap();
+    for (name, text) in docs {
+        std::fs::write(docs_dir.join(name), text).unwrap();
+    }
+    let tokens_file = dir.join("tokens");
+    std::fs::write(&tokens_file, tokens.join("\n")).unwrap();
+    let serve = |name: &str, node: &str| {
+        Server::start(
+            &dir.join(name),
+            &docs_dir,
+            config,
+            &[
+                "--store",
+                "redis",
+                "--redis-url",
+                redis_url,
+                "--node-id",
+                node,
+                "--api-tokens-file",
+                tokens_file.to_str().unwrap(),
+            ],
+        )
+    };
+    let one = serve("1", "node1");
+    let two = serve("2", "node2");
+    one.until_primary();
+    two.until_primary();
+    (one, two)
+}
+
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()

@@ -8,6 +8,7 @@ use ors_scxml::session::QueueError;
 use serde_json::Value;
 
 use super::{Batch, Command, Worker};
+use crate::inspect::{Inspection, PendingSend, What};
 use crate::outbox::Failure;
 use crate::{QueryResult, RuntimeError, now_ms};
 
@@ -116,6 +117,20 @@ impl Worker {
                 };
                 let _ = reply.send(r);
             }
+            Command::Inspect { sid, reply } => {
+                let r = match self.ensure_loaded(&sid).await {
+                    Ok(()) => Ok(self.inspection(&sid)),
+                    Err(e) => match self.shared.finished.get(&sid) {
+                        Some(conf) => Ok(Inspection::of_query(
+                            QueryResult::finished(&sid, conf),
+                            &self.shared.cfg.node_id,
+                            self.shared.cfg.history,
+                        )),
+                        None => Err(e),
+                    },
+                };
+                let _ = reply.send(r);
+            }
             Command::Terminate { sid, reply } => match self.ensure_loaded(&sid).await {
                 Ok(()) => {
                     self.host.cancel(&sid, now_ms());
@@ -131,6 +146,13 @@ impl Worker {
             },
             Command::FireTimer { sid, timer, reply } => match self.ensure_loaded(&sid).await {
                 Ok(()) => {
+                    if let Some(h) = self.host.get_mut(&sid)
+                        && let Some(history) = &mut h.meta.history
+                        && let Some((_, t)) = h.session.timers().find(|(n, _)| *n == timer)
+                    {
+                        let event = t.event.name.to_string();
+                        history.push(now_ms(), What::Received { event });
+                    }
                     self.host.fire_timer(&sid, timer, now_ms());
                     batch.acks.push((sid, reply));
                 }
@@ -158,6 +180,46 @@ impl Worker {
         }
     }
 
+    /// What the inspector shows of a session in memory.
+    fn inspection(&mut self, sid: &str) -> Inspection {
+        let h = self.host.get_mut(sid).expect("loaded");
+        // Microsteps of a batch go to the ring when it is flushed; none are pending
+        // between batches, when commands like this one run.
+        let doc = h.session.document().clone();
+        let timers = h
+            .session
+            .timers()
+            .map(|(timer, t)| PendingSend {
+                timer,
+                sendid: t.sendid.clone(),
+                event: t.event.name.to_string(),
+                target: t.target.as_ref().map(|(target, _)| target.clone()),
+                due_ms: t.due_ms,
+            })
+            .collect();
+        Inspection {
+            query: QueryResult {
+                sessionid: sid.to_string(),
+                configuration: h.session.active_atomic_states(),
+                active_states: h.session.active_states(),
+                datamodel: h.session.datamodel_json().unwrap_or(Value::Null),
+                done: h.session.is_done(),
+                quarantined: None,
+            },
+            node: self.shared.cfg.node_id.clone(),
+            document_name: Some(doc.name.as_deref().unwrap_or(&doc.source_name).to_string()),
+            timers,
+            history: h
+                .meta
+                .history
+                .as_ref()
+                .map(|r| r.to_vec())
+                .unwrap_or_default(),
+            history_capacity: self.shared.cfg.history,
+            document: Some(doc),
+        }
+    }
+
     /// `NotFound` for a session that ended recently says so.
     pub(super) fn explain(&self, sid: &str, e: RuntimeError) -> RuntimeError {
         match e {
@@ -182,11 +244,15 @@ impl Worker {
         {
             return Ok(false);
         }
+        let name = event.name.to_string();
         self.host.push(sid, event)?;
-        if let Some(k) = key
-            && let Some(h) = self.host.get_mut(sid)
-        {
-            h.meta.keys.add(k, now_ms());
+        if let Some(h) = self.host.get_mut(sid) {
+            if let Some(k) = key {
+                h.meta.keys.add(k, now_ms());
+            }
+            if let Some(history) = &mut h.meta.history {
+                history.push(now_ms(), What::Received { event: name });
+            }
         }
         Ok(true)
     }

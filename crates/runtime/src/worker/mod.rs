@@ -80,6 +80,10 @@ pub(crate) enum Command {
         sid: String,
         reply: Reply<QueryResult>,
     },
+    Inspect {
+        sid: String,
+        reply: Reply<crate::Inspection>,
+    },
     Terminate {
         sid: String,
         reply: Option<Reply<()>>,
@@ -129,6 +133,8 @@ pub(crate) struct Slot {
     keys: crate::idempotency::RecentKeys,
     /// Events it sent that are not known to be delivered (see `outbox.rs`).
     outbox: Vec<crate::outbox::Outgoing>,
+    /// What it did lately, for the inspector (`None`: the ring is off).
+    history: Option<Box<crate::inspect::History>>,
 }
 
 /// What a batch produced that waits for its durable write. Work for elsewhere is tagged
@@ -310,10 +316,22 @@ impl Worker {
     async fn flush(&mut self, mut batch: Batch) {
         let ended: HashSet<String> = batch.ended.iter().cloned().collect();
         let mut failed: HashMap<String, RuntimeError> = HashMap::new();
-        for sid in self.host.take_changed() {
+        let changed = self.host.take_changed();
+        let watched: Vec<String> = if self.shared.watchers.any() {
+            changed.clone()
+        } else {
+            Vec::new()
+        };
+        for sid in changed {
             let Some(h) = self.host.get_mut(&sid) else {
                 continue;
             };
+            if let Some(history) = &mut h.meta.history {
+                let at = now_ms();
+                for step in h.session.take_microsteps() {
+                    history.push(at, step.into());
+                }
+            }
             if ended.contains(&sid) {
                 // Its outbox goes with its record: what is in flight gets entries, which
                 // a session needs before its record is deleted like before a snapshot.
@@ -505,6 +523,11 @@ impl Worker {
                     }
                 });
             }
+        }
+        if !watched.is_empty() {
+            self.shared
+                .watchers
+                .changed(watched.iter().map(String::as_str));
         }
         self.shared.workers.set_live(self.me, self.host.len());
     }

@@ -22,6 +22,9 @@ impl Worker {
             max_queue: self.shared.cfg.max_queue,
             ..SessionLimits::default()
         });
+        if self.shared.cfg.history > 0 {
+            s.record_microsteps();
+        }
         let own = self.shared.basichttp_location(s.id());
         s.set_loopback(Box::new(move |target, event| {
             (target == own).then(|| crate::basichttp::loopback(target, event))
@@ -33,6 +36,12 @@ impl Worker {
             _ => true,
         }));
         s
+    }
+
+    /// A session's ring of recent happenings, when the inspector keeps one.
+    fn new_history(&self) -> Option<Box<crate::inspect::History>> {
+        let capacity = self.shared.cfg.history;
+        (capacity > 0).then(|| Box::new(crate::inspect::History::new(capacity)))
     }
 
     pub(super) fn datamodel(
@@ -110,6 +119,7 @@ impl Worker {
                 last_active: Instant::now(),
                 keys: crate::idempotency::RecentKeys::from_stored(stored.keys),
                 outbox,
+                history: self.new_history(),
             },
         })
     }
@@ -166,6 +176,7 @@ impl Worker {
             last_active: Instant::now(),
             keys: Default::default(),
             outbox: Vec::new(),
+            history: self.new_history(),
         };
         if self.host.start(session, params, parent, slot, now_ms())
             && let Some(life) = self.shared.cfg.max_session_lifetime
