@@ -3,6 +3,7 @@
 mod bench;
 mod serve;
 mod sessions;
+mod telemetry;
 mod terminal;
 mod tls;
 

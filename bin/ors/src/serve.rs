@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub data_center: Option<String>,
     pub workers: Option<usize>,
     pub log_format: Option<String>,
+    pub otlp_endpoint: Option<String>,
     pub store: StoreConfig,
     pub limits: LimitsConfig,
     pub sessions: SessionsConfig,
@@ -172,6 +173,11 @@ pub struct ServeArgs {
     /// Worker threads running sessions (default: one per core).
     #[arg(long, env = "ORS_WORKERS")]
     pub workers: Option<usize>,
+    /// Send traces to this OpenTelemetry collector (OTLP over HTTP, its base URL such as
+    /// http://127.0.0.1:4318; traces go to /v1/traces). The standard
+    /// OTEL_EXPORTER_OTLP_ENDPOINT works too. Off when neither is set.
+    #[arg(long, env = "ORS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Serve the web inspector at /inspector (its data needs the API's token).
     #[arg(long, env = "ORS_INSPECTOR")]
     pub inspector: bool,
@@ -195,9 +201,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .or(file.log_format.clone())
         .unwrap_or_else(|| "human".into());
-    init_logging(&log_format)?;
-    // One TLS crypto provider for every client in the process (reqwest and fred).
+    // One TLS crypto provider for every client in the process (reqwest, fred, the OTLP
+    // exporter's), before any of them is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let otlp = args.otlp_endpoint.clone().or(file.otlp_endpoint.clone());
+    let tracing = crate::telemetry::init(&log_format, otlp.as_deref())?;
 
     let listen = args
         .listen
@@ -428,6 +436,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("stopping: finishing in-flight macrosteps and flushing");
     rt.shutdown().await;
     tracing::info!("stopped");
+    // The exporter's last batch goes out over a blocking client.
+    let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
     Ok(())
 }
 
@@ -494,20 +504,6 @@ fn cassandra_config(args: &ServeArgs, s: &StoreConfig) -> ors_store_cassandra::C
             .unwrap_or(d.connect_timeout),
         schedule_shards: s.cassandra_schedule_shards.unwrap_or(d.schedule_shards),
     }
-}
-
-fn init_logging(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ORS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        "json" => b.json().try_init(),
-        "human" => b.try_init(),
-        other => anyhow::bail!("unknown log format \"{other}\" (use human or json)"),
-    }
-    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn shutdown_signal() {

@@ -119,7 +119,7 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         metrics,
     });
     let layers = ServiceBuilder::new()
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
         .layer(axum::error_handling::HandleErrorLayer::new(
             |e: tower::BoxError| async move {
                 let (status, msg) = if e.is::<tower::timeout::error::Elapsed>() {
@@ -182,6 +182,19 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
             require_token,
         ))
         .with_state(state)
+}
+
+/// The span of a request: a child of the caller's trace when the request carries a
+/// `traceparent` (a BasicHTTP send of another session, or any traced client).
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "request",
+        "http.request.method" = %req.method(),
+        "url.path" = %req.uri().path(),
+        "otel.kind" = "server",
+    );
+    ors_runtime::trace_context::adopt(&span, req.headers());
+    span
 }
 
 /// `401` for a request without a valid bearer token when the API requires one.

@@ -116,10 +116,14 @@ pub(crate) async fn post(
     outbound: &crate::outbound::OutboundPolicy,
     target: &str,
     event: &Event,
+    span: &tracing::Span,
 ) -> Result<(), String> {
     outbound.check(target)?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    crate::trace_context::inject(span, &mut headers);
     let req = client
         .post(target)
+        .headers(headers)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(encode(event));
     match req.send().await {

@@ -27,6 +27,7 @@ mod persist;
 mod quarantine;
 mod recovery;
 mod standby;
+pub mod trace_context;
 mod worker;
 mod workers;
 
@@ -42,6 +43,7 @@ use ors_store::SessionStore;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 pub use basichttp::receive as basichttp_event;
 pub use config::RuntimeConfig;
@@ -825,6 +827,9 @@ impl Runtime {
                 event.name
             )));
         }
+        // From here to the acknowledgement; the worker's macrostep span is its child.
+        let span =
+            tracing::debug_span!("session.event", "session.id" = sid, "event.name" = %event.name);
         let (tx, rx) = oneshot::channel();
         self.shared.workers.send(
             sid,
@@ -833,9 +838,12 @@ impl Runtime {
                 event,
                 key,
                 reply: tx,
+                span: span.clone(),
             },
         )?;
-        rx.await.map_err(|_| RuntimeError::ShuttingDown)?
+        rx.instrument(span)
+            .await
+            .map_err(|_| RuntimeError::ShuttingDown)?
     }
 
     /// Sends an event and waits for the session's `<response>` to it.

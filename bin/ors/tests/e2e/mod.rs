@@ -29,6 +29,17 @@ pub fn docs_dir() -> tempfile::TempDir {
 impl Server {
     /// Starts `ors serve` with `config` (TOML) written next to the data directory.
     pub fn start(data: &Path, docs: &Path, config: &str, extra: &[&str]) -> Server {
+        Server::start_with_env(data, docs, config, extra, &[])
+    }
+
+    /// The same, with environment variables for the process.
+    pub fn start_with_env(
+        data: &Path,
+        docs: &Path,
+        config: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Server {
         let cfg = data.join("ors-test.toml");
         std::fs::create_dir_all(data).unwrap();
         std::fs::write(&cfg, config).unwrap();
@@ -40,7 +51,10 @@ impl Server {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             config: cfg,
             memory_limit_kib: None,
-            envs: Vec::new(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn();
         s

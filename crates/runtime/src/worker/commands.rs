@@ -40,7 +40,10 @@ impl Worker {
                 event,
                 key,
                 reply,
+                span,
             } => {
+                let macrostep = tracing::debug_span!(parent: &span, "macrostep", "session.id" = %sid, "event.name" = %event.name);
+                batch.spans.push((sid.clone(), macrostep));
                 if let Err(e) = self.ensure_loaded(&sid).await {
                     let _ = reply.send(Err(self.explain(&sid, e)));
                     return;

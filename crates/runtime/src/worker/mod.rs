@@ -17,6 +17,7 @@ use ors_scxml::{Document, Event};
 use ors_store::StoreError;
 use serde_json::Value;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use crate::persist::{Plan, SnapshotWrite, StoredSession, persist};
 use crate::standby::Change;
@@ -51,6 +52,8 @@ pub(crate) enum Command {
         /// run again.
         key: Option<String>,
         reply: Reply<()>,
+        /// The caller's span: the parent of the event's macrostep span.
+        span: tracing::Span,
     },
     /// An event from session `from` (on another worker) to `to`, with its outbox key.
     Deliver {
@@ -151,6 +154,14 @@ struct Batch {
     http: Vec<(String, String, Event)>,
     /// `(sender, event)`: SCXML sends to sessions of other nodes.
     other_nodes: Vec<(String, crate::outbox::Outgoing)>,
+    /// `(session, span)`: a span per event from outside, open until the batch is durable
+    /// (its store write and its BasicHTTP sends are children of it).
+    spans: Vec<(String, tracing::Span)>,
+}
+
+/// The span of a batch's event for `sid`, if it had one.
+fn span_of<'a>(spans: &'a [(String, tracing::Span)], sid: &str) -> Option<&'a tracing::Span> {
+    spans.iter().find(|(s, _)| s == sid).map(|(_, span)| span)
 }
 
 struct Worker {
@@ -376,8 +387,23 @@ impl Worker {
                 .collect();
             (puts, plan.deletions.clone())
         });
+        // One write for the batch: a child of its first event's span, following the others.
+        let spans = std::mem::take(&mut batch.spans);
+        let write_span = match spans.first() {
+            Some((_, first)) => {
+                tracing::debug_span!(parent: first, "store.write", sessions = plan.snapshots.len())
+            }
+            None => {
+                tracing::debug_span!(parent: None, "store.write", sessions = plan.snapshots.len())
+            }
+        };
+        for (_, s) in spans.iter().skip(1) {
+            write_span.follows_from(s);
+        }
         let outcome = match self
-            .on_main(async move { persist(&*store, &node, fence, plan).await })
+            .on_main(
+                async move { persist(&*store, &node, fence, plan).await }.instrument(write_span),
+            )
             .await
         {
             Ok(o) => o,
@@ -508,11 +534,23 @@ impl Worker {
         for (from, target, event) in batch.http {
             if !failed.contains_key(&from) {
                 let shared = self.shared.clone();
+                let span = match span_of(&spans, &from) {
+                    Some(p) => {
+                        tracing::debug_span!(parent: p, "basichttp.send", "session.id" = %from, "url.full" = %target, "otel.kind" = "client")
+                    }
+                    None => {
+                        tracing::debug_span!("basichttp.send", "session.id" = %from, "url.full" = %target, "otel.kind" = "client")
+                    }
+                };
                 self.main.spawn(async move {
-                    if let Err(reason) =
-                        crate::basichttp::post(&shared.http, &shared.cfg.outbound, &target, &event)
-                            .await
-                    {
+                    let sent = crate::basichttp::post(
+                        &shared.http,
+                        &shared.cfg.outbound,
+                        &target,
+                        &event,
+                        &span,
+                    );
+                    if let Err(reason) = sent.instrument(span.clone()).await {
                         tracing::info!(session = %from, "{reason}");
                         let cmd = Command::Undeliverable {
                             from: from.clone(),
