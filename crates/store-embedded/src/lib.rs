@@ -252,7 +252,11 @@ fn node_fence(txn: &redb::WriteTransaction, node: &str) -> Result<Fence> {
 fn apply_write(txn: &redb::WriteTransaction, w: &OwnedWrite) -> Result<u64> {
     let node_fence = node_fence(txn, &w.node)?;
     let mut t = txn.open_table(SESSIONS).map_err(other)?;
-    let cur = session_meta(&t, &w.id)?;
+    // Only the head of the current record: its snapshot is not needed, nor copied.
+    let cur = match t.get(w.id.as_str()).map_err(other)? {
+        None => None,
+        Some(v) => Some(record::decode_session_head(&w.id, v.value())?),
+    };
     let sw = SessionWrite {
         id: &w.id,
         node: &w.node,
@@ -262,17 +266,17 @@ fn apply_write(txn: &redb::WriteTransaction, w: &OwnedWrite) -> Result<u64> {
         fence: w.fence,
     };
     check_write(cur.as_ref().map(|r| (r.version, r.fence)), node_fence, &sw)?;
-    let version = cur.as_ref().map_or(1, |r| r.version + 1);
-    let rec = SessionRecord {
-        id: w.id.clone(),
+    let head = record::SessionHead {
         node: w.node.clone(),
         document: w.document.clone(),
-        version,
+        version: cur.as_ref().map_or(1, |r| r.version + 1),
         fence: w.fence,
-        snapshot: w.snapshot.clone(),
     };
-    t.insert(w.id.as_str(), record::encode_session(&rec).as_slice())
-        .map_err(other)?;
+    t.insert(
+        w.id.as_str(),
+        record::encode_session_parts(&head, &w.snapshot).as_slice(),
+    )
+    .map_err(other)?;
     drop(t);
     // The index changes only when the session is new or changes node; rewriting it on
     // every write would dirty one more page per commit.
@@ -285,7 +289,7 @@ fn apply_write(txn: &redb::WriteTransaction, w: &OwnedWrite) -> Result<u64> {
         idx.insert((w.node.as_str(), w.id.as_str()), ())
             .map_err(other)?;
     }
-    Ok(version)
+    Ok(head.version)
 }
 
 fn remove_schedule(txn: &redb::WriteTransaction, id: &str) -> Result<()> {

@@ -21,23 +21,49 @@ struct SessionMeta<'a> {
 /// `magic | meta length (u32 LE) | meta JSON | snapshot bytes`: the (possibly large)
 /// snapshot is stored raw, not inside JSON.
 pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
-    let meta = serde_json::to_vec(&SessionMeta {
-        node: &r.node,
-        document: &r.document,
+    let head = SessionHead {
+        node: r.node.clone(),
+        document: r.document.clone(),
         version: r.version,
         fence: r.fence,
+    };
+    encode_session_parts(&head, &r.snapshot)
+}
+
+/// What a session record says besides its snapshot: enough to check and version a write
+/// without copying the snapshot out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionHead {
+    /// The node that owns the session.
+    pub node: String,
+    /// Its document's key.
+    pub document: String,
+    /// The record's version.
+    pub version: u64,
+    /// The token of its last writer.
+    pub fence: Fence,
+}
+
+/// The bytes of a record from its head and snapshot (what [`encode_session`] writes, with
+/// the snapshot copied once, straight into the record).
+pub fn encode_session_parts(head: &SessionHead, snapshot: &[u8]) -> Vec<u8> {
+    let meta = serde_json::to_vec(&SessionMeta {
+        node: &head.node,
+        document: &head.document,
+        version: head.version,
+        fence: head.fence,
     })
     .expect("plain struct serialises");
-    let mut out = Vec::with_capacity(8 + meta.len() + r.snapshot.len());
+    let mut out = Vec::with_capacity(8 + meta.len() + snapshot.len());
     out.extend_from_slice(SESSION_MAGIC);
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
     out.extend_from_slice(&meta);
-    out.extend_from_slice(&r.snapshot);
+    out.extend_from_slice(snapshot);
     out
 }
 
-/// Reads what [`encode_session`] wrote; `id` names the record in errors.
-pub fn decode_session(id: &str, bytes: &[u8]) -> Result<SessionRecord, StoreError> {
+/// Reads a record's head and where its snapshot starts.
+fn split_session<'b>(id: &str, bytes: &'b [u8]) -> Result<(SessionHead, &'b [u8]), StoreError> {
     let corrupt = |detail: &str| StoreError::Corrupt {
         key: format!("session {id}"),
         detail: detail.to_string(),
@@ -50,22 +76,26 @@ pub fn decode_session(id: &str, bytes: &[u8]) -> Result<SessionRecord, StoreErro
         .checked_add(n)
         .filter(|&e| e <= bytes.len())
         .ok_or_else(|| corrupt("truncated header"))?;
-    #[derive(Deserialize)]
-    struct Owned {
-        node: String,
-        document: String,
-        version: u64,
-        fence: Fence,
-    }
-    let m: Owned =
+    let head: SessionHead =
         serde_json::from_slice(&bytes[8..meta_end]).map_err(|e| corrupt(&e.to_string()))?;
+    Ok((head, &bytes[meta_end..]))
+}
+
+/// Reads only the head of what [`encode_session`] wrote (no copy of the snapshot).
+pub fn decode_session_head(id: &str, bytes: &[u8]) -> Result<SessionHead, StoreError> {
+    split_session(id, bytes).map(|(head, _)| head)
+}
+
+/// Reads what [`encode_session`] wrote; `id` names the record in errors.
+pub fn decode_session(id: &str, bytes: &[u8]) -> Result<SessionRecord, StoreError> {
+    let (head, snapshot) = split_session(id, bytes)?;
     Ok(SessionRecord {
         id: id.to_string(),
-        node: m.node,
-        document: m.document,
-        version: m.version,
-        fence: m.fence,
-        snapshot: bytes[meta_end..].to_vec(),
+        node: head.node,
+        document: head.document,
+        version: head.version,
+        fence: head.fence,
+        snapshot: snapshot.to_vec(),
     })
 }
 
