@@ -26,6 +26,15 @@ const SENDER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="
   <state id="sent"/>
 </scxml>"#;
 
+const NODE_SENDER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <state id="idle">
+    <transition event="go" target="sent">
+      <send targetexpr="'#_scxml_' + _event.data.to" event="hello"/>
+    </transition>
+  </state>
+  <state id="sent"/>
+</scxml>"#;
+
 const RECEIVER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
   <state id="waiting"><transition event="hello" target="got"/></state>
   <state id="got"/>
@@ -78,6 +87,53 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Waits (up to 15 s) for client span -> request -> session.event -> macrostep ->
+/// (store.write, `send`) -> request in trace `trace_id`, each the child of the previous
+/// one, and returns `[request, event, macrostep, write, send, received]`.
+async fn chain_of(got: &Received, trace_id: &str, client_span: &str, send: &str) -> [Span; 6] {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let spans = got.lock().unwrap().clone();
+        let in_trace: Vec<&Span> = spans
+            .iter()
+            .filter(|s| hex(&s.trace_id) == trace_id)
+            .collect();
+        let child = |parent: &str, name: &str| {
+            in_trace
+                .iter()
+                .find(|s| s.name == name && hex(&s.parent_span_id) == parent)
+                .copied()
+        };
+        let found = (|| {
+            let request = child(client_span, "request")?;
+            let event = child(&hex(&request.span_id), "session.event")?;
+            let macrostep = child(&hex(&event.span_id), "macrostep")?;
+            let write = child(&hex(&macrostep.span_id), "store.write")?;
+            let sent = child(&hex(&macrostep.span_id), send)?;
+            let received = child(&hex(&sent.span_id), "request")?;
+            Some([request, event, macrostep, write, sent, received].map(Clone::clone))
+        })();
+        if let Some(chain) = found {
+            return chain;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the chain of spans did not arrive; got: {:#?}",
+            spans
+                .iter()
+                .map(|s| format!(
+                    "{} {} {} <- {}",
+                    s.name,
+                    hex(&s.trace_id),
+                    hex(&s.span_id),
+                    hex(&s.parent_span_id)
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_of_an_event_and_its_basichttp_send_form_one_trace() {
     let (otlp, got) = receiver().await;
@@ -120,47 +176,7 @@ async fn spans_of_an_event_and_its_basichttp_send_form_one_trace() {
     wait_for(&c, &other, &to, 10, |_, v| v["configuration"][0] == "got").await;
 
     // The whole chain, each span the child of the previous one.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let chain = loop {
-        let spans = got.lock().unwrap().clone();
-        let in_trace: Vec<&Span> = spans
-            .iter()
-            .filter(|s| hex(&s.trace_id) == trace_id)
-            .collect();
-        let child = |parent: &str, name: &str| {
-            in_trace
-                .iter()
-                .find(|s| s.name == name && hex(&s.parent_span_id) == parent)
-                .copied()
-        };
-        let found = (|| {
-            let request = child(client_span, "request")?;
-            let event = child(&hex(&request.span_id), "session.event")?;
-            let macrostep = child(&hex(&event.span_id), "macrostep")?;
-            let write = child(&hex(&macrostep.span_id), "store.write")?;
-            let send = child(&hex(&macrostep.span_id), "basichttp.send")?;
-            let received = child(&hex(&send.span_id), "request")?;
-            Some([request, event, macrostep, write, send, received].map(Clone::clone))
-        })();
-        if let Some(chain) = found {
-            break chain;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the chain of spans did not arrive; got: {:#?}",
-            spans
-                .iter()
-                .map(|s| format!(
-                    "{} {} {} <- {}",
-                    s.name,
-                    hex(&s.trace_id),
-                    hex(&s.span_id),
-                    hex(&s.parent_span_id)
-                ))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let chain = chain_of(&got, trace_id, client_span, "basichttp.send").await;
     let [request, event, macrostep, _write, send, received] = chain;
     assert_eq!(
         attr(&request, "url.path").unwrap(),
@@ -176,4 +192,59 @@ async fn spans_of_an_event_and_its_basichttp_send_form_one_trace() {
     );
     // Client and server kinds (OTLP: 2 = server, 3 = client).
     assert_eq!((request.kind, send.kind, received.kind), (2, 3, 2));
+}
+
+/// The same across the nodes of a cluster: a `<send>` to a session of another node is
+/// delivered with the sender's trace context (`node.deliver`, kind client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_between_nodes_carries_its_trace() {
+    let (otlp, got) = receiver().await;
+    let redis = ors_testsupport::RedisServer::start(false);
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = redis_pair(
+        tmp.path(),
+        &redis.url(),
+        &["peer-token"],
+        &format!("otlp_endpoint = \"{otlp}\"\n[sessions]\nlease_ttl_ms = 1000\n"),
+        &[("sender.scxml", NODE_SENDER), ("receiver.scxml", RECEIVER)],
+    );
+    let c = client();
+    let started = |s: &Server, src: &'static str| {
+        let c = c.clone();
+        let url = format!("{}/scxml/session/start", s.url);
+        async move {
+            let r: serde_json::Value = c
+                .post(url)
+                .bearer_auth("peer-token")
+                .form(&[("src", src)])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["sessionid"].as_str().unwrap().to_string()
+        }
+    };
+    let to = started(&two, "receiver.scxml").await;
+    let from = started(&one, "sender.scxml").await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let client_span = "b7ad6b7169203331";
+    let r = c
+        .post(format!("{}/scxml/session/{from}/event/go", one.url))
+        .bearer_auth("peer-token")
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .json(&serde_json::json!({ "to": to }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The batch exporter sends every 5 s by default.
+    let [_, _, _, _, send, received] = chain_of(&got, trace_id, client_span, "node.deliver").await;
+    assert_eq!(attr(&send, "target.session").unwrap(), to);
+    assert_eq!(
+        attr(&received, "url.path").unwrap(),
+        format!("/scxml/session/{to}/deliver")
+    );
+    assert_eq!((send.kind, received.kind), (3, 2));
 }

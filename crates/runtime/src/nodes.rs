@@ -50,12 +50,16 @@ pub(crate) async fn post(
         }
     };
     let mut target = format!("{}{}", url.trim_end_matches('/'), deliver_path(to));
+    // The trace of the macrostep that sent it, if the caller runs in its span.
+    let mut trace = reqwest::header::HeaderMap::new();
+    crate::trace_context::inject(&tracing::Span::current(), &mut trace);
     // The node's address may answer 307 to its primary: followed here, a few hops at
     // most, so the peer token goes only to the cluster's own processes.
     let mut hops = 0;
     let r = loop {
         let r = shared
             .peer_request(reqwest::Method::POST, &target)
+            .headers(trace.clone())
             .header("idempotency-key", key)
             .json(event)
             .send()

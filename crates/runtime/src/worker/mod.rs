@@ -527,8 +527,16 @@ impl Worker {
         }
         for (from, outgoing) in batch.other_nodes {
             if !failed.contains_key(&from) {
-                self.main
-                    .spawn(crate::nodes::deliver(self.shared.clone(), from, outgoing));
+                let span = match span_of(&spans, &from) {
+                    Some(p) => {
+                        tracing::debug_span!(parent: p, "node.deliver", "session.id" = %from, "target.session" = %outgoing.to, "otel.kind" = "client")
+                    }
+                    None => {
+                        tracing::debug_span!("node.deliver", "session.id" = %from, "target.session" = %outgoing.to, "otel.kind" = "client")
+                    }
+                };
+                let deliver = crate::nodes::deliver(self.shared.clone(), from, outgoing);
+                self.main.spawn(deliver.instrument(span));
             }
         }
         for (from, target, event) in batch.http {
