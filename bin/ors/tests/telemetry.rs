@@ -3,7 +3,9 @@
 //! to another session. Every span of the chain arrives, each the child of the one before:
 //! the client's span → `request` → `session.event` → `macrostep` → `store.write` and
 //! `basichttp.send` → the receiving server's `request` (its parent taken from the
-//! `traceparent` the send carried), all in the client's trace.
+//! `traceparent` the send carried), all in the client's trace. And in a two-node cluster
+//! on a real redis-server, the same for a `<send>` to a session of the other node
+//! (`node.deliver`).
 
 mod e2e;
 
