@@ -29,6 +29,19 @@ pub struct FileConfig {
     pub sessions: SessionsConfig,
     pub http: HttpSection,
     pub inspector: InspectorSection,
+    pub interactions: InteractionsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InteractionsSection {
+    /// The Redis holding the interaction feed (unset: no feed).
+    pub redis_url: Option<String>,
+    /// The feed's stream key (default `ors:interactions`).
+    pub stream: Option<String>,
+    /// How long the reserved node waits for the assigned one (ORS's
+    /// `call-watching-timeout`, 1,000 to 300,000 ms, default 5,000).
+    pub call_watching_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -412,13 +425,44 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .map(Arc::new),
         inspector,
+        extra_routes: None,
     };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let rt = ors_runtime::Runtime::start(rcfg, store)
+    let rt = ors_runtime::Runtime::start(rcfg, store.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut hcfg = hcfg;
+    if let Some(url) = &file.interactions.redis_url {
+        let i = &file.interactions;
+        let cwt = i.call_watching_timeout_ms.unwrap_or(5_000);
+        if !ors_interactions::CALL_WATCHING_RANGE.contains(&cwt) {
+            anyhow::bail!(
+                "interactions.call_watching_timeout_ms is {cwt}: it must be from 1000 to 300000"
+            );
+        }
+        let stream = i
+            .stream
+            .clone()
+            .unwrap_or_else(|| "ors:interactions".into());
+        let feed = Arc::new(
+            ors_interactions::Feed::connect(url, &stream)
+                .await
+                .with_context(|| format!("connecting to the interaction feed at {url}"))?,
+        );
+        let settings = ors_interactions::Settings {
+            call_watching_timeout: Duration::from_millis(cwt),
+            ..Default::default()
+        };
+        hcfg.extra_routes = Some(ors_interactions::router(feed.clone(), store.clone()));
+        tokio::spawn(ors_interactions::run(
+            rt.clone(),
+            store.clone(),
+            feed,
+            settings,
+        ));
+    }
     let app = ors_http::router(rt.clone(), hcfg, Some(metrics));
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%local, store = %store_kind, documents = %documents_dir.display(), node = %rt.node_id(), role = ?rt.role(), scheme, "ors listening");

@@ -39,6 +39,9 @@ pub struct HttpConfig {
     /// Serve the web inspector under `/inspector` (see `ors_inspector`); its data needs
     /// the API's token like any other request.
     pub inspector: bool,
+    /// More routes (with their state applied), served behind the same layers as the API
+    /// (tokens, limits, a backup's redirect): the interaction feed's, for one.
+    pub extra_routes: Option<Router>,
 }
 
 /// Who may call the API: requests must carry `Authorization: Bearer <token>` with one of
@@ -96,6 +99,7 @@ impl Default for HttpConfig {
             cookie: "ORSSESSIONID={sessionid}; Path=/".into(),
             auth: None,
             inspector: false,
+            extra_routes: None,
         }
     }
 }
@@ -147,6 +151,12 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
     };
     Router::new()
         .merge(inspector)
+        .merge(
+            cfg.extra_routes
+                .clone()
+                .unwrap_or_default()
+                .with_state::<AppState>(()),
+        )
         .route("/scxml/session/start", post(start))
         .route("/scxml/sessions", get(list_sessions))
         .route("/scxml/session/{id}/event/{name}", post(event))

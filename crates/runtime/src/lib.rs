@@ -311,6 +311,12 @@ impl Shared {
     }
 }
 
+/// The id of the session a start of `src` with `Idempotency-Key` `key` creates on node
+/// `node` (the same on every process: a retried start finds the first one's session).
+pub fn keyed_session_id(node: &str, key: &str, src: &str) -> String {
+    idempotency::session_id(node, key, src)
+}
+
 /// Node ids are letters, digits and `_` (so `<node>-<unique>` splits at the last `-`).
 pub(crate) fn valid_node_id(node: &str) -> bool {
     !node.is_empty() && node.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -187,9 +187,7 @@ impl Drop for Server {
     }
 }
 
-/// Two nodes, `node1` and `node2`, each one process on the same redis-server, requiring
-/// the bearer tokens in `tokens` (one per line; the first is the peers'), with `config`,
-/// serving the documents `docs` (name, text). Both are primary when this returns.
+/// Two nodes, `node1` and `node2`: see [`redis_nodes`].
 pub fn redis_pair(
     dir: &Path,
     redis_url: &str,
@@ -197,6 +195,22 @@ pub fn redis_pair(
     config: &str,
     docs: &[(&str, &str)],
 ) -> (Server, Server) {
+    let mut v = redis_nodes(dir, redis_url, tokens, config, docs, 2);
+    let two = v.pop().unwrap();
+    (v.pop().unwrap(), two)
+}
+
+/// `n` nodes, `node1` to `node<n>`, each one process on the same redis-server, requiring
+/// the bearer tokens in `tokens` (the first is the peers'), with `config`, serving the
+/// documents `docs` (name, text). All are primary when this returns.
+pub fn redis_nodes(
+    dir: &Path,
+    redis_url: &str,
+    tokens: &[&str],
+    config: &str,
+    docs: &[(&str, &str)],
+    n: usize,
+) -> Vec<Server> {
     let docs_dir = dir.join("docs");
     std::fs::create_dir_all(&docs_dir).unwrap();
     for (name, text) in docs {
@@ -204,28 +218,29 @@ pub fn redis_pair(
     }
     let tokens_file = dir.join("tokens");
     std::fs::write(&tokens_file, tokens.join("\n")).unwrap();
-    let serve = |name: &str, node: &str| {
-        Server::start(
-            &dir.join(name),
-            &docs_dir,
-            config,
-            &[
-                "--store",
-                "redis",
-                "--redis-url",
-                redis_url,
-                "--node-id",
-                node,
-                "--api-tokens-file",
-                tokens_file.to_str().unwrap(),
-            ],
-        )
-    };
-    let one = serve("1", "node1");
-    let two = serve("2", "node2");
-    one.until_primary();
-    two.until_primary();
-    (one, two)
+    let servers: Vec<Server> = (1..=n)
+        .map(|i| {
+            Server::start(
+                &dir.join(i.to_string()),
+                &docs_dir,
+                config,
+                &[
+                    "--store",
+                    "redis",
+                    "--redis-url",
+                    redis_url,
+                    "--node-id",
+                    &format!("node{i}"),
+                    "--api-tokens-file",
+                    tokens_file.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    for s in &servers {
+        s.until_primary();
+    }
+    servers
 }
 
 pub fn client() -> reqwest::Client {
@@ -233,6 +248,18 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
+        .unwrap()
+}
+
+/// `GET url` with a bearer token; the JSON answer.
+pub async fn get_with_token(c: &reqwest::Client, url: &str, token: &str) -> Value {
+    c.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
         .unwrap()
 }
 

@@ -1,0 +1,398 @@
+//! What a node's primary does with the feed: it reads every entry, places each new
+//! interaction (see [`crate::placement`]), creates the session at once when it is the
+//! assigned node, and when it is the reserved node, looks again after the call-watching
+//! timeout and creates the session if nobody has. Later events of an interaction go to its
+//! session by the node that runs it.
+//!
+//! Exactly one session per interaction, whatever the races: a node creates a session only
+//! under the store lease `interaction:<id>` (created if absent, atomically, by every
+//! backend), whose holder is the session's id. The lease is short until the session's
+//! start is durable, then long: a node that dies in between loses its claim soon, and a
+//! node that died after the start left a session whose id anyone can derive (a keyed
+//! start's id depends only on the node, the interaction and the document), which is
+//! looked for before claiming again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use ors_runtime::{NodeRole, Runtime, StartRequest};
+use ors_scxml::Event;
+use ors_store::SessionStore;
+use serde_json::Value;
+
+use crate::feed::{Feed, Interaction, Kind};
+use crate::placement::{Candidate, place};
+
+/// How a node treats the feed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long the reserved node waits for the assigned one (ORS `call-watching-timeout`,
+    /// default 5,000 ms, 1,000 to 300,000).
+    pub call_watching_timeout: Duration,
+    /// How long a claim lasts until the session's start is durable.
+    pub claim_ttl: Duration,
+    /// How long a claim lasts once the session exists (later events find the session by
+    /// it).
+    pub session_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            call_watching_timeout: Duration::from_millis(5_000),
+            claim_ttl: Duration::from_secs(10),
+            session_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The range ORS allows for `call-watching-timeout`.
+pub const CALL_WATCHING_RANGE: std::ops::RangeInclusive<u64> = 1_000..=300_000;
+
+/// The store lease that claims interaction `id`.
+pub fn claim_name(id: &str) -> String {
+    format!("interaction:{id}")
+}
+
+/// The idempotency key of the start of interaction `id`'s session.
+fn start_key(id: &str) -> String {
+    format!("interaction-{id}")
+}
+
+/// The session of interaction `id`, if it was claimed (the claim's holder).
+pub async fn session_of(store: &dyn SessionStore, id: &str) -> Option<String> {
+    store
+        .read_lease(&claim_name(id))
+        .await
+        .ok()
+        .flatten()
+        .filter(|l| l.expires_at_ms > ors_store::now_ms())
+        .map(|l| l.holder)
+}
+
+/// What is waiting for its time.
+enum Pending {
+    /// A reserved node's watch, or a claim whose holder had not started its session.
+    Watch(Interaction),
+    /// An event for a session that did not exist yet; given up at `until`.
+    Event {
+        entry: String,
+        it: Interaction,
+        until: Instant,
+    },
+}
+
+/// What creating a session needs, shared by the creations running at once.
+struct Ctx {
+    rt: Runtime,
+    store: Arc<dyn SessionStore>,
+    settings: Settings,
+}
+
+/// Creations in flight at once: each waits for its session's durable start.
+const CREATIONS_IN_FLIGHT: usize = 64;
+
+struct Node {
+    ctx: Ctx,
+    feed: Arc<Feed>,
+    pending: BTreeMap<(Instant, u64), Pending>,
+    seq: u64,
+    live: (Instant, Vec<Candidate>),
+}
+
+/// Runs the node's side of the feed until the runtime stops (it idles while the process
+/// is a backup, and resumes from the node's saved position when it becomes primary).
+pub async fn run(rt: Runtime, store: Arc<dyn SessionStore>, feed: Arc<Feed>, settings: Settings) {
+    let mut node = Node {
+        ctx: Ctx {
+            rt,
+            store,
+            settings,
+        },
+        feed,
+        pending: BTreeMap::new(),
+        seq: 0,
+        live: (Instant::now() - Duration::from_secs(60), Vec::new()),
+    };
+    let me = node.ctx.rt.node_id().to_string();
+    let mut position: Option<String> = None;
+    loop {
+        if node.ctx.rt.role() != NodeRole::Primary {
+            position = None;
+            node.pending.clear();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let pos = match &position {
+            Some(p) => p.clone(),
+            None => match node.start_position(&me).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "interaction feed unavailable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        node.run_due().await;
+        // Wake for the next watch in time: the reserved node creates its session within
+        // a few milliseconds of the timeout.
+        let block = node
+            .pending
+            .keys()
+            .next()
+            .map(|(due, _)| due.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_millis(100))
+            .clamp(Duration::from_millis(1), Duration::from_millis(100));
+        match node.feed.read(&pos, 512, block.as_millis() as u64).await {
+            Ok(entries) => {
+                let mut last = None;
+                let mut create = Vec::new();
+                for (entry, parsed) in entries {
+                    match parsed {
+                        Ok(it) => create.extend(node.handle(&entry, it).await),
+                        Err(e) => tracing::warn!(error = %e, "skipping a malformed feed entry"),
+                    }
+                    last = Some(entry);
+                }
+                node.create_all(create).await;
+                if let Some(last) = last {
+                    if let Err(e) = node.feed.save_position(&me, &last).await {
+                        tracing::warn!(error = %e, "could not save the feed position");
+                    }
+                    position = Some(last);
+                } else {
+                    position = Some(pos);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the interaction feed failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Where this node reads from: its saved position, else the start of the stream (a
+    /// node that starts while interactions arrive must not skip those it is assigned;
+    /// what it reads again costs lookups, never a second session).
+    async fn start_position(&self, me: &str) -> Result<String, crate::feed::FeedError> {
+        Ok(self
+            .feed
+            .position(me)
+            .await?
+            .unwrap_or_else(|| "0-0".to_string()))
+    }
+
+    fn later(&mut self, at: Instant, p: Pending) {
+        self.seq += 1;
+        self.pending.insert((at, self.seq), p);
+    }
+
+    /// The nodes that have a primary now (cached for half a second).
+    async fn live_nodes(&mut self) -> Vec<Candidate> {
+        if self.live.0.elapsed() > Duration::from_millis(500) {
+            match self.ctx.rt.members().await {
+                Ok(members) => {
+                    let mut v: Vec<Candidate> = members
+                        .iter()
+                        .filter(|m| m.role == "primary")
+                        .map(|m| Candidate {
+                            node: m.node.clone(),
+                            data_center: m.data_center.clone(),
+                        })
+                        .collect();
+                    v.sort_by(|a, b| a.node.cmp(&b.node));
+                    v.dedup_by(|a, b| a.node == b.node);
+                    self.live = (Instant::now(), v);
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the membership failed"),
+            }
+        }
+        let mut v = self.live.1.clone();
+        // This process is a primary even before its announcement is read back.
+        if !v.iter().any(|c| c.node == self.ctx.rt.node_id()) {
+            v.push(Candidate {
+                node: self.ctx.rt.node_id().to_string(),
+                data_center: self.ctx.rt.config().data_center.clone(),
+            });
+        }
+        v
+    }
+
+    /// Places a feed entry; returns the interaction if this node creates its session now.
+    async fn handle(&mut self, entry: &str, it: Interaction) -> Option<Interaction> {
+        match &it.kind {
+            Kind::New { .. } => {
+                let live = self.live_nodes().await;
+                let p = place(&it.id, &live)?;
+                let me = self.ctx.rt.node_id();
+                if p.assigned == me {
+                    return Some(it);
+                } else if p.reserved.as_deref() == Some(me) {
+                    let due = Instant::now() + self.ctx.settings.call_watching_timeout;
+                    self.later(due, Pending::Watch(it));
+                }
+                None
+            }
+            Kind::Event { .. } => {
+                let until = Instant::now() + 3 * self.ctx.settings.call_watching_timeout;
+                self.deliver(entry.to_string(), it, until).await;
+                None
+            }
+        }
+    }
+
+    /// Makes sure each of these interactions has a session, many at once; those to look
+    /// at again later are put back in `pending`.
+    async fn create_all(&mut self, its: Vec<Interaction>) {
+        if its.is_empty() {
+            return;
+        }
+        let live = self.live_nodes().await;
+        let ctx = &self.ctx;
+        let live = &live;
+        let again: Vec<(Duration, Interaction)> = futures_util::stream::iter(its)
+            .map(|it| async move { ensure_session(ctx, live, &it).await.map(|wait| (wait, it)) })
+            .buffer_unordered(CREATIONS_IN_FLIGHT)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        for (wait, it) in again {
+            self.later(Instant::now() + wait, Pending::Watch(it));
+        }
+    }
+
+    /// Runs the watches and retries that are due.
+    async fn run_due(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            match entry.remove() {
+                Pending::Watch(it) => self.create_all(vec![it]).await,
+                Pending::Event { entry, it, until } => self.deliver(entry, it, until).await,
+            }
+        }
+    }
+
+    /// Delivers a later event of an interaction to its session if this node runs it;
+    /// waits (up to `until`) for a session that does not exist yet.
+    async fn deliver(&mut self, entry: String, it: Interaction, until: Instant) {
+        let Kind::Event { event, data } = &it.kind else {
+            return;
+        };
+        let Some(sid) = session_of(&*self.ctx.store, &it.id).await else {
+            if Instant::now() < until {
+                let at = Instant::now() + Duration::from_millis(200);
+                self.later(at, Pending::Event { entry, it, until });
+            } else {
+                tracing::warn!(interaction = %it.id, event = %event, "no session for the interaction; event dropped");
+            }
+            return;
+        };
+        if ors_runtime::owner_node(&sid) != Some(self.ctx.rt.node_id()) {
+            return; // its own node delivers it
+        }
+        let data = (!data.is_null()).then(|| data.clone());
+        // The entry id as the idempotency key: a feed read again after a takeover does not
+        // run the event twice.
+        let key = Some(format!("feed-{entry}"));
+        if let Err(e) = self
+            .ctx
+            .rt
+            .send_event_once(&sid, Event::external(event.clone(), data), key)
+            .await
+        {
+            tracing::warn!(interaction = %it.id, session = %sid, error = %e, "delivering an interaction event failed");
+        }
+    }
+}
+
+async fn session_exists(store: &dyn SessionStore, sid: &str) -> bool {
+    matches!(store.read_session(sid).await, Ok(Some(_)))
+}
+
+/// Creates interaction `it`'s session on this node unless it has one (see the module's
+/// documentation); `Some(wait)`: look again after `wait`.
+async fn ensure_session(ctx: &Ctx, live: &[Candidate], it: &Interaction) -> Option<Duration> {
+    let Kind::New { src, data } = &it.kind else {
+        return None;
+    };
+    let store = &*ctx.store;
+    let name = claim_name(&it.id);
+    let key = start_key(&it.id);
+    let me = ctx.rt.node_id().to_string();
+    let retry = Some(Duration::from_millis(500));
+    match store.read_lease(&name).await {
+        Ok(Some(l)) if l.expires_at_ms > ors_store::now_ms() => {
+            // Claimed. If the holder's session is not there yet, look again when the claim
+            // would run out.
+            if session_exists(store, &l.holder).await {
+                return None;
+            }
+            let left = l.expires_at_ms.saturating_sub(ors_store::now_ms());
+            return Some(Duration::from_millis(left + 50));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(interaction = %it.id, error = %e, "reading a claim failed; retrying");
+            return retry;
+        }
+    }
+    // No live claim: a session whose creator died before making its claim long may exist
+    // all the same, under the id its node gives it.
+    let mut nodes: Vec<String> = place(&it.id, live)
+        .map(|p| p.reserved.into_iter().chain([p.assigned]).collect())
+        .unwrap_or_default();
+    nodes.push(me.clone());
+    for n in &nodes {
+        if session_exists(store, &ors_runtime::keyed_session_id(n, &key, src)).await {
+            return None;
+        }
+    }
+    let sid = ors_runtime::keyed_session_id(&me, &key, src);
+    let ttl = ctx.settings.claim_ttl.as_millis() as u64;
+    let lease = match store.acquire_lease(&name, &sid, ttl).await {
+        Ok(Some(lease)) => lease,
+        // Another node claimed it just now: look again in case it dies before starting.
+        Ok(None) => return Some(ctx.settings.claim_ttl),
+        Err(e) => {
+            tracing::warn!(interaction = %it.id, error = %e, "claiming failed; retrying");
+            return retry;
+        }
+    };
+    let mut params: Vec<(String, Value)> = match data {
+        Value::Object(m) => m.clone().into_iter().collect(),
+        _ => Vec::new(),
+    };
+    params.push(("interaction".into(), Value::String(it.id.clone())));
+    let started = ctx
+        .rt
+        .start_session(StartRequest {
+            src: src.clone(),
+            params,
+            idealtime: None,
+            idempotency_key: Some(key),
+        })
+        .await;
+    match started {
+        Ok(_) => {
+            let long = ctx.settings.session_ttl.as_millis() as u64;
+            if let Err(e) = store.renew_lease(&lease, long).await {
+                // The session exists under its derivable id: nobody creates another.
+                tracing::warn!(interaction = %it.id, error = %e, "could not extend the claim");
+            }
+            None
+        }
+        Err(e) => {
+            tracing::warn!(interaction = %it.id, error = %e, "starting the interaction's session failed");
+            let _ = store.release_lease(&lease).await;
+            retry
+        }
+    }
+}
