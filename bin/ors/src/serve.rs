@@ -42,6 +42,9 @@ pub struct InteractionsSection {
     /// How long the reserved node waits for the assigned one (ORS's
     /// `call-watching-timeout`, 1,000 to 300,000 ms, default 5,000).
     pub call_watching_timeout_ms: Option<u64>,
+    /// A pulled interaction its node has not acknowledged for this long is taken over by
+    /// another node (default 30,000 ms).
+    pub reclaim_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -453,6 +456,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         let settings = ors_interactions::Settings {
             call_watching_timeout: Duration::from_millis(cwt),
+            reclaim_after: Duration::from_millis(i.reclaim_after_ms.unwrap_or(30_000).max(100)),
             ..Default::default()
         };
         hcfg.extra_routes = Some(ors_interactions::router(feed.clone(), store.clone()));

@@ -9,6 +9,11 @@
 //!
 //! Each node keeps its read position in the same Redis (`<key>:pos:<node>`), so a backup
 //! that takes its node over goes on where the primary stopped.
+//!
+//! Pulled interactions (the multimedia model) go to a second stream, `<key>:pulled`, read
+//! through the consumer group [`GROUP`]: each entry is given to one node, acknowledged
+//! once its session's start is durable, and taken over by another node (XAUTOCLAIM) when
+//! its node died before acknowledging it.
 
 use std::collections::HashMap;
 
@@ -73,7 +78,15 @@ pub struct Feed {
     /// For everything else.
     writer: Client,
     key: String,
+    /// The stream of pulled interactions (`<key>:pulled`), read through a consumer group.
+    pulled: String,
 }
+
+/// A stream entry as Redis gives it: its id and its fields.
+type RawEntry = (String, HashMap<String, String>);
+
+/// The consumer group every node's primary pulls from (each node a consumer by its id).
+pub const GROUP: &str = "ors";
 
 async fn connect(url: &str) -> Result<Client, FeedError> {
     let client = Builder::from_config(Config::from_url(url)?).build()?;
@@ -88,11 +101,13 @@ impl Feed {
             reader: connect(url).await?,
             writer: connect(url).await?,
             key: key.to_string(),
+            pulled: format!("{key}:pulled"),
         })
     }
 
-    /// Appends an interaction; returns its entry id.
-    pub async fn append(&self, it: &Interaction) -> Result<String, FeedError> {
+    /// Appends an interaction to the shared feed (every node sees it), or with `pulled`
+    /// to the queue that one node pulls it from; returns its entry id.
+    pub async fn append(&self, it: &Interaction, pulled: bool) -> Result<String, FeedError> {
         let (kind, what_key, what, data) = match &it.kind {
             Kind::New { src, data } => ("new", "src", src, data),
             Kind::Event { event, data } => ("event", "event", event, data),
@@ -103,10 +118,92 @@ impl Feed {
             (what_key, what.clone()),
             ("data", data.to_string()),
         ];
-        Ok(self
+        let key = if pulled { &self.pulled } else { &self.key };
+        Ok(self.writer.xadd(key, false, None, "*", fields).await?)
+    }
+
+    /// Creates the pull queue and its consumer group if they do not exist.
+    pub async fn ensure_group(&self) -> Result<(), FeedError> {
+        let made: Result<(), fred::error::Error> = self
             .writer
-            .xadd(&self.key, false, None, "*", fields)
-            .await?)
+            .xgroup_create(&self.pulled, GROUP, "0", true)
+            .await;
+        match made {
+            Err(e) if e.details().contains("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Pulls up to `count` entries for `consumer`: new ones (`from` = `>`), or those it
+    /// was given and has not acknowledged (`from` = `0`, after a restart).
+    pub async fn pull(
+        &self,
+        consumer: &str,
+        from: &str,
+        count: u64,
+        block_ms: u64,
+    ) -> Result<Vec<(String, Result<Interaction, FeedError>)>, FeedError> {
+        let raw: fred::types::Value = self
+            .reader
+            .xreadgroup(
+                GROUP,
+                consumer,
+                Some(count),
+                Some(block_ms),
+                false,
+                &self.pulled,
+                from,
+            )
+            .await?;
+        if raw.is_null() {
+            return Ok(Vec::new());
+        }
+        let resp: XReadResponse<String, String, String, String> = raw.into_xread_response()?;
+        Ok(entries(resp))
+    }
+
+    /// Takes over, for `consumer`, entries another consumer was given at least
+    /// `min_idle_ms` ago and never acknowledged (its node died): up to `count`, from
+    /// `start`; returns where to go on (`0-0`: the end) and the entries.
+    pub async fn reclaim(
+        &self,
+        consumer: &str,
+        min_idle_ms: u64,
+        start: &str,
+        count: u64,
+    ) -> Result<(String, Vec<(String, Result<Interaction, FeedError>)>), FeedError> {
+        let (next, values): (String, Vec<RawEntry>) = self
+            .writer
+            .xautoclaim_values(
+                &self.pulled,
+                GROUP,
+                consumer,
+                min_idle_ms,
+                start,
+                Some(count),
+                false,
+            )
+            .await?;
+        let out = values
+            .into_iter()
+            .map(|(entry, fields)| {
+                let parsed = parse(&entry, &fields);
+                (entry, parsed)
+            })
+            .collect();
+        Ok((next, out))
+    }
+
+    /// Acknowledges pulled entries: their sessions exist.
+    pub async fn ack(&self, entries: &[String]) -> Result<(), FeedError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .writer
+            .xack(&self.pulled, GROUP, entries.to_vec())
+            .await?;
+        Ok(())
     }
 
     /// Up to `count` entries after `after`, waiting up to `block_ms` for one.
@@ -125,14 +222,7 @@ impl Feed {
             return Ok(Vec::new());
         }
         let resp: XReadResponse<String, String, String, String> = raw.into_xread_response()?;
-        let mut out = Vec::new();
-        for (_, entries) in resp {
-            for (entry, fields) in entries {
-                let parsed = parse(&entry, &fields);
-                out.push((entry, parsed));
-            }
-        }
-        Ok(out)
+        Ok(entries(resp))
     }
 
     /// Where node `node` stopped reading.
@@ -152,6 +242,20 @@ impl Feed {
     fn position_key(&self, node: &str) -> String {
         format!("{}:pos:{node}", self.key)
     }
+}
+
+/// The entries of an XREAD or XREADGROUP answer, parsed.
+fn entries(
+    resp: XReadResponse<String, String, String, String>,
+) -> Vec<(String, Result<Interaction, FeedError>)> {
+    let mut out = Vec::new();
+    for (_, list) in resp {
+        for (entry, fields) in list {
+            let parsed = parse(&entry, &fields);
+            out.push((entry, parsed));
+        }
+    }
+    out
 }
 
 /// An entry's fields as an interaction.

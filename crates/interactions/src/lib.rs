@@ -25,8 +25,8 @@ struct Api {
 }
 
 /// `POST /interactions` (append an interaction or an event of one to the feed: `{"id",
-/// "src", "data"}` or `{"id", "kind": "event", "event", "data"}`; `202` with the entry's
-/// id) and `GET /interactions/{id}` (its session, once claimed), for any router state.
+/// "src", "data"}` or `{"id", "kind": "event", "event", "data"}`, with `"mode": "pull"`
+/// for an interaction one node pulls; `202` with the entry's id) and `GET /interactions/{id}` (its session, once claimed), for any router state.
 pub fn router<S: Clone + Send + Sync + 'static>(
     feed: Arc<Feed>,
     store: Arc<dyn SessionStore>,
@@ -49,6 +49,19 @@ async fn append(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Respons
     if v.get("kind").is_none() && v.is_object() {
         v["kind"] = json!("new");
     }
+    // `"mode": "pull"`: one node pulls it (the multimedia model) instead of every node
+    // seeing it.
+    let pulled = match v.as_object_mut().and_then(|o| o.remove("mode")) {
+        None => false,
+        Some(m) if m == "pull" => true,
+        Some(m) if m == "shared" => false,
+        Some(m) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("mode {m} is neither \"shared\" nor \"pull\""),
+            );
+        }
+    };
     let it: Interaction = match serde_json::from_value(v) {
         Ok(it) => it,
         Err(e) => {
@@ -61,7 +74,11 @@ async fn append(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Respons
     if it.id.is_empty() {
         return error(StatusCode::BAD_REQUEST, "id must not be empty".into());
     }
-    match api.feed.append(&it).await {
+    if pulled && !matches!(it.kind, Kind::New { .. }) {
+        let m = "only new interactions are pulled; send their events to the shared feed";
+        return error(StatusCode::BAD_REQUEST, m.into());
+    }
+    match api.feed.append(&it, pulled).await {
         Ok(entry) => (StatusCode::ACCEPTED, axum::Json(json!({ "entry": entry }))).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

@@ -36,6 +36,9 @@ pub struct Settings {
     /// How long a claim lasts once the session exists (later events find the session by
     /// it).
     pub session_ttl: Duration,
+    /// A pulled interaction its node has not acknowledged for this long (the node died)
+    /// is taken over by another node.
+    pub reclaim_after: Duration,
 }
 
 impl Default for Settings {
@@ -44,6 +47,7 @@ impl Default for Settings {
             call_watching_timeout: Duration::from_millis(5_000),
             claim_ttl: Duration::from_secs(10),
             session_ttl: Duration::from_secs(24 * 3600),
+            reclaim_after: Duration::from_secs(30),
         }
     }
 }
@@ -95,22 +99,28 @@ struct Ctx {
 const CREATIONS_IN_FLIGHT: usize = 64;
 
 struct Node {
-    ctx: Ctx,
+    ctx: Arc<Ctx>,
     feed: Arc<Feed>,
     pending: BTreeMap<(Instant, u64), Pending>,
     seq: u64,
     live: (Instant, Vec<Candidate>),
 }
 
-/// Runs the node's side of the feed until the runtime stops (it idles while the process
-/// is a backup, and resumes from the node's saved position when it becomes primary).
+/// Runs the node's side of the shared feed and of the pull queue until the runtime stops
+/// (both idle while the process is a backup; the shared feed resumes from the node's
+/// saved position, the queue with the node's unacknowledged entries).
 pub async fn run(rt: Runtime, store: Arc<dyn SessionStore>, feed: Arc<Feed>, settings: Settings) {
+    let ctx = Arc::new(Ctx {
+        rt,
+        store,
+        settings,
+    });
+    tokio::join!(run_shared(ctx.clone(), feed.clone()), run_pulled(ctx, feed));
+}
+
+async fn run_shared(ctx: Arc<Ctx>, feed: Arc<Feed>) {
     let mut node = Node {
-        ctx: Ctx {
-            rt,
-            store,
-            settings,
-        },
+        ctx,
         feed,
         pending: BTreeMap::new(),
         seq: 0,
@@ -253,10 +263,18 @@ impl Node {
             return;
         }
         let live = self.live_nodes().await;
-        let ctx = &self.ctx;
+        let ctx = &*self.ctx;
         let live = &live;
         let again: Vec<(Duration, Interaction)> = futures_util::stream::iter(its)
-            .map(|it| async move { ensure_session(ctx, live, &it).await.map(|wait| (wait, it)) })
+            .map(|it| async move {
+                // Only the assigned and the reserved node create it (or this one).
+                let candidates: Vec<String> = place(&it.id, live)
+                    .map(|p| p.reserved.into_iter().chain([p.assigned]).collect())
+                    .unwrap_or_default();
+                ensure_session(ctx, &candidates, &it)
+                    .await
+                    .map(|wait| (wait, it))
+            })
             .buffer_unordered(CREATIONS_IN_FLIGHT)
             .filter_map(|x| async move { x })
             .collect()
@@ -318,8 +336,9 @@ async fn session_exists(store: &dyn SessionStore, sid: &str) -> bool {
 }
 
 /// Creates interaction `it`'s session on this node unless it has one (see the module's
-/// documentation); `Some(wait)`: look again after `wait`.
-async fn ensure_session(ctx: &Ctx, live: &[Candidate], it: &Interaction) -> Option<Duration> {
+/// documentation); `candidates` are the nodes that may have created it besides this one.
+/// `Some(wait)`: look again after `wait`.
+async fn ensure_session(ctx: &Ctx, candidates: &[String], it: &Interaction) -> Option<Duration> {
     let Kind::New { src, data } = &it.kind else {
         return None;
     };
@@ -346,11 +365,7 @@ async fn ensure_session(ctx: &Ctx, live: &[Candidate], it: &Interaction) -> Opti
     }
     // No live claim: a session whose creator died before making its claim long may exist
     // all the same, under the id its node gives it.
-    let mut nodes: Vec<String> = place(&it.id, live)
-        .map(|p| p.reserved.into_iter().chain([p.assigned]).collect())
-        .unwrap_or_default();
-    nodes.push(me.clone());
-    for n in &nodes {
+    for n in candidates.iter().chain([&me]) {
         if session_exists(store, &ors_runtime::keyed_session_id(n, &key, src)).await {
             return None;
         }
@@ -395,4 +410,134 @@ async fn ensure_session(ctx: &Ctx, live: &[Candidate], it: &Interaction) -> Opti
             retry
         }
     }
+}
+
+/// The pull queue (the multimedia model): each entry goes to one node, which creates its
+/// session and acknowledges the entry once the start is durable. Entries a node was given
+/// and did not acknowledge for [`Settings::reclaim_after`] (it died) are taken over by
+/// another node; a node that comes back (or its backup) first goes through its own
+/// unacknowledged entries. The same claim as the shared feed's keeps it to one session.
+async fn run_pulled(ctx: Arc<Ctx>, feed: Arc<Feed>) {
+    let me = ctx.rt.node_id().to_string();
+    let reclaim_ms = ctx.settings.reclaim_after.as_millis() as u64;
+    let mut ready = false;
+    // When to go through this node's own unacknowledged entries next (now, at start).
+    let mut own_at = Some(Instant::now());
+    let mut reclaim_at = Instant::now();
+    let mut reclaim_from = "0-0".to_string();
+    loop {
+        if ctx.rt.role() != NodeRole::Primary {
+            ready = false;
+            own_at = Some(Instant::now());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if !ready {
+            match feed.ensure_group().await {
+                Ok(()) => ready = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the pull queue is unavailable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        let own = own_at.is_some_and(|t| t <= Instant::now());
+        let pulled = feed
+            .pull(
+                &me,
+                if own { "0" } else { ">" },
+                256,
+                if own { 0 } else { 100 },
+            )
+            .await;
+        let entries = match pulled {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "pulling interactions failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if own {
+            own_at = None;
+        }
+        // Test hook: the node dies holding entries it pulled and did not acknowledge.
+        ors_runtime::crash_at("pulled-unacknowledged", || !entries.is_empty());
+        if !pull_entries(&ctx, &feed, entries).await {
+            // Some are not done: go through them again soon.
+            own_at.get_or_insert(Instant::now() + Duration::from_millis(500));
+        }
+        if reclaim_at <= Instant::now() {
+            match feed.reclaim(&me, reclaim_ms, &reclaim_from, 256).await {
+                Ok((next, entries)) => {
+                    if !entries.is_empty() {
+                        tracing::info!(
+                            entries = entries.len(),
+                            "took over pulled interactions of a node that did not acknowledge them"
+                        );
+                    }
+                    if !pull_entries(&ctx, &feed, entries).await {
+                        own_at.get_or_insert(Instant::now() + Duration::from_millis(500));
+                    }
+                    // Until the whole pending list was scanned, go on at once.
+                    let done = next == "0-0";
+                    reclaim_from = next;
+                    if done {
+                        reclaim_at = Instant::now()
+                            + (ctx.settings.reclaim_after / 4).max(Duration::from_millis(250));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reclaiming pulled interactions failed");
+                    reclaim_at = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+    }
+}
+
+/// Makes sure each pulled entry has its session, and acknowledges those that do (and
+/// malformed ones, which nothing can do anything with). Whether all were acknowledged.
+async fn pull_entries(
+    ctx: &Ctx,
+    feed: &Feed,
+    entries: Vec<(String, Result<Interaction, crate::feed::FeedError>)>,
+) -> bool {
+    if entries.is_empty() {
+        return true;
+    }
+    // Any node may have pulled it before (and died): every live node is a candidate.
+    let candidates: Vec<String> = match ctx.rt.members().await {
+        Ok(m) => m.iter().map(|m| m.node.clone()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let candidates = &candidates;
+    let results: Vec<(String, bool)> = futures_util::stream::iter(entries)
+        .map(|(entry, parsed)| async move {
+            match parsed {
+                Ok(it) => {
+                    let done = ensure_session(ctx, candidates, &it).await.is_none();
+                    (entry, done)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "acknowledging a malformed pulled entry");
+                    (entry, true)
+                }
+            }
+        })
+        .buffer_unordered(CREATIONS_IN_FLIGHT)
+        .collect()
+        .await;
+    let acked: Vec<String> = results
+        .iter()
+        .filter(|(_, done)| *done)
+        .map(|(e, _)| e.clone())
+        .collect();
+    if let Err(e) = feed.ack(&acked).await {
+        // Not acknowledged: they are pulled again and found done.
+        tracing::warn!(error = %e, "acknowledging pulled interactions failed");
+        return false;
+    }
+    acked.len() == results.len()
 }

@@ -50,6 +50,8 @@ pub use config::RuntimeConfig;
 pub use error::RuntimeError;
 pub use inspect::{Happening, Inspection, PendingSend, SessionWatch, What};
 pub use ors_cluster::Role as NodeRole;
+/// Test hooks (`ORS_FAILPOINT`), for crates that add their own crash points.
+pub use outbox::crash_at;
 pub use standby::{
     ChangesAnswer, NEXT as CHANGES_NEXT, RESYNC as CHANGES_RESYNC, TERM as CHANGES_TERM,
 };

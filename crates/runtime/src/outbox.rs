@@ -139,7 +139,7 @@ fn failpoint(name: &str) -> bool {
 
 /// Aborts the process at failpoint `name` if it is set and `reached()` says this is the
 /// point (asked only then: no work on the way when no failpoint is set).
-pub(crate) fn crash_at(name: &str, reached: impl FnOnce() -> bool) {
+pub fn crash_at(name: &str, reached: impl FnOnce() -> bool) {
     if failpoint(name) && reached() {
         eprintln!("ORS_FAILPOINT={name}: aborting");
         std::process::abort();
