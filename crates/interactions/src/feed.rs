@@ -75,6 +75,9 @@ pub enum FeedError {
 pub struct Feed {
     /// For XREAD with BLOCK, which holds its connection while it waits.
     reader: Client,
+    /// For XREADGROUP with BLOCK: on the reader's connection it would hold back the
+    /// shared feed's reads (and they its) for the whole block.
+    puller: Client,
     /// For everything else.
     writer: Client,
     key: String,
@@ -99,6 +102,7 @@ impl Feed {
     pub async fn connect(url: &str, key: &str) -> Result<Feed, FeedError> {
         Ok(Feed {
             reader: connect(url).await?,
+            puller: connect(url).await?,
             writer: connect(url).await?,
             key: key.to_string(),
             pulled: format!("{key}:pulled"),
@@ -144,7 +148,7 @@ impl Feed {
         block_ms: u64,
     ) -> Result<Vec<(String, Result<Interaction, FeedError>)>, FeedError> {
         let raw: fred::types::Value = self
-            .reader
+            .puller
             .xreadgroup(
                 GROUP,
                 consumer,

@@ -76,16 +76,12 @@ pub async fn session_of(store: &dyn SessionStore, id: &str) -> Option<String> {
         .map(|l| l.holder)
 }
 
-/// What is waiting for its time.
-enum Pending {
-    /// A reserved node's watch, or a claim whose holder had not started its session.
-    Watch(Interaction),
-    /// An event for a session that did not exist yet; given up at `until`.
-    Event {
-        entry: String,
-        it: Interaction,
-        until: Instant,
-    },
+/// An event for a session that did not exist yet, waiting to be tried again; given up at
+/// `until`.
+struct Pending {
+    entry: String,
+    it: Interaction,
+    until: Instant,
 }
 
 /// What creating a session needs, shared by the creations running at once.
@@ -103,7 +99,6 @@ struct Node {
     feed: Arc<Feed>,
     pending: BTreeMap<(Instant, u64), Pending>,
     seq: u64,
-    live: (Instant, Vec<Candidate>),
 }
 
 /// Runs the node's side of the shared feed and of the pull queue until the runtime stops
@@ -124,7 +119,6 @@ async fn run_shared(ctx: Arc<Ctx>, feed: Arc<Feed>) {
         feed,
         pending: BTreeMap::new(),
         seq: 0,
-        live: (Instant::now() - Duration::from_secs(60), Vec::new()),
     };
     let me = node.ctx.rt.node_id().to_string();
     let mut position: Option<String> = None;
@@ -147,15 +141,9 @@ async fn run_shared(ctx: Arc<Ctx>, feed: Arc<Feed>) {
             },
         };
         node.run_due().await;
-        // Wake for the next watch in time: the reserved node creates its session within
-        // a few milliseconds of the timeout.
-        let block = node
-            .pending
-            .keys()
-            .next()
-            .map(|(due, _)| due.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_millis(100))
-            .clamp(Duration::from_millis(1), Duration::from_millis(100));
+        // Watches have timers of their own; events waiting for their session are tried
+        // again after a read (at most 100 ms apart).
+        let block = Duration::from_millis(100);
         match node.feed.read(&pos, 512, block.as_millis() as u64).await {
             Ok(entries) => {
                 let mut last = None;
@@ -202,49 +190,43 @@ impl Node {
         self.pending.insert((at, self.seq), p);
     }
 
-    /// The nodes that have a primary now (cached for half a second).
-    async fn live_nodes(&mut self) -> Vec<Candidate> {
-        if self.live.0.elapsed() > Duration::from_millis(500) {
-            match self.ctx.rt.members().await {
-                Ok(members) => {
-                    let mut v: Vec<Candidate> = members
-                        .iter()
-                        .filter(|m| m.role == "primary")
-                        .map(|m| Candidate {
-                            node: m.node.clone(),
-                            data_center: m.data_center.clone(),
-                        })
-                        .collect();
-                    v.sort_by(|a, b| a.node.cmp(&b.node));
-                    v.dedup_by(|a, b| a.node == b.node);
-                    self.live = (Instant::now(), v);
+    /// A watch: at `at`, make sure `it` has a session. Its own timer, not the feed
+    /// loop's, so that it fires on time whatever the loop waits for.
+    fn watch(&self, at: Instant, it: Interaction) {
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            let mut at = at;
+            loop {
+                tokio::time::sleep_until(at.into()).await;
+                // A process that stepped down leaves it to the new primary, which reads
+                // the feed again from the node's saved position.
+                if ctx.rt.role() != NodeRole::Primary {
+                    return;
                 }
-                Err(e) => tracing::warn!(error = %e, "reading the membership failed"),
+                let live = live_nodes(&ctx).await;
+                let candidates: Vec<String> = place(&it.id, &live)
+                    .map(|p| p.reserved.into_iter().chain([p.assigned]).collect())
+                    .unwrap_or_default();
+                match ensure_session(&ctx, &candidates, &it).await {
+                    None => return,
+                    Some(wait) => at = Instant::now() + wait,
+                }
             }
-        }
-        let mut v = self.live.1.clone();
-        // This process is a primary even before its announcement is read back.
-        if !v.iter().any(|c| c.node == self.ctx.rt.node_id()) {
-            v.push(Candidate {
-                node: self.ctx.rt.node_id().to_string(),
-                data_center: self.ctx.rt.config().data_center.clone(),
-            });
-        }
-        v
+        });
     }
 
     /// Places a feed entry; returns the interaction if this node creates its session now.
     async fn handle(&mut self, entry: &str, it: Interaction) -> Option<Interaction> {
         match &it.kind {
             Kind::New { .. } => {
-                let live = self.live_nodes().await;
+                let live = live_nodes(&self.ctx).await;
                 let p = place(&it.id, &live)?;
                 let me = self.ctx.rt.node_id();
                 if p.assigned == me {
                     return Some(it);
                 } else if p.reserved.as_deref() == Some(me) {
                     let due = Instant::now() + self.ctx.settings.call_watching_timeout;
-                    self.later(due, Pending::Watch(it));
+                    self.watch(due, it);
                 }
                 None
             }
@@ -257,12 +239,12 @@ impl Node {
     }
 
     /// Makes sure each of these interactions has a session, many at once; those to look
-    /// at again later are put back in `pending`.
+    /// at again later are watched.
     async fn create_all(&mut self, its: Vec<Interaction>) {
         if its.is_empty() {
             return;
         }
-        let live = self.live_nodes().await;
+        let live = live_nodes(&self.ctx).await;
         let ctx = &*self.ctx;
         let live = &live;
         let again: Vec<(Duration, Interaction)> = futures_util::stream::iter(its)
@@ -280,21 +262,19 @@ impl Node {
             .collect()
             .await;
         for (wait, it) in again {
-            self.later(Instant::now() + wait, Pending::Watch(it));
+            self.watch(Instant::now() + wait, it);
         }
     }
 
-    /// Runs the watches and retries that are due.
+    /// Tries again the events that are due.
     async fn run_due(&mut self) {
         let now = Instant::now();
         while let Some(entry) = self.pending.first_entry() {
             if entry.key().0 > now {
                 break;
             }
-            match entry.remove() {
-                Pending::Watch(it) => self.create_all(vec![it]).await,
-                Pending::Event { entry, it, until } => self.deliver(entry, it, until).await,
-            }
+            let Pending { entry, it, until } = entry.remove();
+            self.deliver(entry, it, until).await;
         }
     }
 
@@ -307,7 +287,7 @@ impl Node {
         let Some(sid) = session_of(&*self.ctx.store, &it.id).await else {
             if Instant::now() < until {
                 let at = Instant::now() + Duration::from_millis(200);
-                self.later(at, Pending::Event { entry, it, until });
+                self.later(at, Pending { entry, it, until });
             } else {
                 tracing::warn!(interaction = %it.id, event = %event, "no session for the interaction; event dropped");
             }
@@ -540,4 +520,32 @@ async fn pull_entries(
         return false;
     }
     acked.len() == results.len()
+}
+
+/// The nodes that have a primary now (the cluster caches the membership it reads), this
+/// one included even before its announcement is read back.
+async fn live_nodes(ctx: &Ctx) -> Vec<Candidate> {
+    let mut v: Vec<Candidate> = match ctx.rt.members().await {
+        Ok(members) => members
+            .iter()
+            .filter(|m| m.role == "primary")
+            .map(|m| Candidate {
+                node: m.node.clone(),
+                data_center: m.data_center.clone(),
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the membership failed");
+            Vec::new()
+        }
+    };
+    if !v.iter().any(|c| c.node == ctx.rt.node_id()) {
+        v.push(Candidate {
+            node: ctx.rt.node_id().to_string(),
+            data_center: ctx.rt.config().data_center.clone(),
+        });
+    }
+    v.sort_by(|a, b| a.node.cmp(&b.node));
+    v.dedup_by(|a, b| a.node == b.node);
+    v
 }

@@ -226,7 +226,7 @@ async fn main() {
                         return t.elapsed().as_secs_f64() * 1e3;
                     }
                     assert!(t.elapsed() < Duration::from_secs(60), "{id} got no session");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
                 }
             }
         })
