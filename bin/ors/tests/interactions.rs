@@ -1,7 +1,8 @@
 //! Interactions fed into a real three-node cluster on a real redis-server (the store and
 //! the feed): every interaction gets exactly one session, spread evenly; with the
-//! assigned node killed, its reserved node creates the sessions after the call-watching
-//! timeout, never two for one interaction; later events reach the session.
+//! assigned node killed or paused, its reserved node creates the sessions after the
+//! call-watching timeout, never two for one interaction; later events reach the session;
+//! pulled interactions a dead node held are reclaimed.
 
 mod e2e;
 
@@ -370,4 +371,58 @@ fn redis_cli(url: &str, args: &[&str]) -> String {
         .output()
         .expect("redis-cli runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The assigned node paused (`SIGSTOP`) while interactions arrive: its reserved nodes
+/// create the sessions after the call-watching timeout; resumed (`SIGCONT`), node2 reads
+/// the entries it missed, finds them claimed, and creates no second session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_assigned_node_resumes_without_creating_a_second_session() {
+    const N: usize = 200;
+    let redis = ors_testsupport::RedisServer::start(false);
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = redis_nodes(
+        tmp.path(),
+        &redis.url(),
+        &[TOKEN],
+        &config(&redis.url(), 1_000),
+        &[("call.scxml", CALL)],
+        3,
+    );
+    let c = client();
+    let warm: Vec<String> = vec!["warm-up".into()];
+    feed(&c, &[nodes[0].url.clone()], &warm).await;
+    until_sessions(&c, &nodes[0].url, 1, 20).await;
+
+    nodes[1].signal("STOP");
+    let alive = vec![nodes[0].url.clone(), nodes[2].url.clone()];
+    let ids: Vec<String> = (0..N).map(|i| format!("paused-{i}")).collect();
+    feed(&c, &alive, &ids).await;
+    until_sessions(&c, &nodes[0].url, N + 1, 60).await;
+    nodes[1].signal("CONT");
+    // node2 comes back (as primary again, or deposed and back after its lease ran out)
+    // and reads what it missed; give it time to, then count.
+    nodes[1].until_primary();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pos = redis_cli(&redis.url(), &["GET", "ors:interactions:pos:node2"]);
+        let last = redis_cli(
+            &redis.url(),
+            &["XREVRANGE", "ors:interactions", "+", "-", "COUNT", "1"],
+        );
+        if last.lines().next().is_some_and(|l| l.trim() == pos.trim()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node2 did not catch up with the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = all_sessions(&c, &nodes[0].url).await;
+    assert_eq!(all.len(), N + 1, "no second session after node2 resumed");
+    let by_interaction = sessions_of(&c, &nodes[0].url, &ids).await;
+    let distinct: HashSet<&String> = by_interaction.values().collect();
+    assert_eq!(distinct.len(), N);
 }
