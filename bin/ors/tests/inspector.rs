@@ -18,6 +18,7 @@ const CALL: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.
   <datamodel><data id="count" expr="0"/></datamodel>
   <state id="call" initial="ringing">
     <transition event="hangup" target="ended"/>
+    <transition event="boom"><assign location="count" expr="no_such_variable + 1"/></transition>
     <state id="ringing">
       <onentry><send event="timeout" delay="300s" id="ring-timer"/></onentry>
       <transition event="answer" target="talking"><assign location="count" expr="count + 1"/></transition>
@@ -151,6 +152,18 @@ async fn inspector_shows_the_active_states_and_follows_them_live() {
         |v| {
             let t = v.as_str().unwrap_or("");
             t.contains("hold: audio[0]") && t.contains("answer: ringing[0]")
+        },
+    )
+    .await;
+    // An error no transition handles shows in the history too.
+    send(&c, &server.url, &sid, "boom").await;
+    b.until(
+        "the history shows the error",
+        10,
+        "return [...document.querySelectorAll('#history li.error')].map(li => li.textContent).join(' ')",
+        |v| {
+            let t = v.as_str().unwrap_or("");
+            t.contains("error.execution") && t.contains("no_such_variable")
         },
     )
     .await;

@@ -158,9 +158,11 @@ async function showSession(sid) {
     } else {
       historyList.replaceChildren(...[...s.history].reverse().map((h) => {
         const what = h.kind === "received" ? h.event :
+          h.kind === "error" ? `${h.event}: ${h.message || ""}` + (h.sendid ? ` (send ${h.sendid})` : "") :
           `${h.event || "(eventless)"}: ${h.transitions.join(", ") || "initial entry"}` +
           (h.exited.length ? ` · exit ${h.exited.join(", ")}` : "") + (h.entered.length ? ` · enter ${h.entered.join(", ")}` : "");
-        return el("li", {}, el("span", { class: "kind" }, h.kind), what, el("span", { class: "muted" }, "  " + time(h.at_ms)));
+        return el("li", { class: h.kind === "error" ? "error" : "" }, el("span", { class: "kind" }, h.kind), what,
+          el("span", { class: "muted" }, "  " + time(h.at_ms)));
       }));
     }
   }

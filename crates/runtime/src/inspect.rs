@@ -37,6 +37,16 @@ pub enum What {
         /// The event's name.
         event: String,
     },
+    /// An `error.*` event the session processed, whether a transition handled it or not
+    /// (a failed expression, an undeliverable send, ...).
+    Error {
+        /// `error.execution`, `error.communication`, ...
+        event: String,
+        /// What went wrong, as the event's data says.
+        message: Option<String>,
+        /// The `<send>`'s id, for a send that failed.
+        sendid: Option<String>,
+    },
     /// A microstep: the transitions taken (`source[index]`), the states exited and
     /// entered. `event` is `None` for eventless transitions and the initial entry.
     Step {
@@ -49,6 +59,24 @@ pub enum What {
         /// States entered, in entry order.
         entered: Vec<String>,
     },
+}
+
+impl From<ors_scxml::Event> for What {
+    /// An `error.*` event as the ring keeps it.
+    fn from(e: ors_scxml::Event) -> What {
+        use ors_scxml::Content;
+        let message = match &e.data {
+            Some(Content::Json(serde_json::Value::String(m))) => Some(m.clone()),
+            Some(Content::Json(other)) => Some(other.to_string()),
+            Some(Content::Text(t) | Content::Xml(t)) => Some(t.to_string()),
+            None => None,
+        };
+        What::Error {
+            event: e.name.to_string(),
+            message,
+            sendid: e.sendid,
+        }
+    }
 }
 
 impl From<Microstep> for What {

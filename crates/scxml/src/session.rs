@@ -85,6 +85,9 @@ pub struct Session {
     pub(crate) loopback: Option<Loopback>,
     /// Microsteps recorded since the last [`Session::take_microsteps`], when recording.
     pub(crate) microsteps: Option<Vec<Microstep>>,
+    /// `error.*` events processed since the last [`Session::take_errors`], when recording
+    /// microsteps (an error no transition handles leaves no microstep).
+    errors: Vec<Event>,
     /// `(dropped, kept)` by the last conflict removal, when recording.
     pub(crate) preempted: Vec<(TransitionId, TransitionId)>,
 }
@@ -133,6 +136,7 @@ impl Session {
             target_check: None,
             loopback: None,
             microsteps: None,
+            errors: Vec::new(),
             preempted: Vec::new(),
         }
     }
@@ -161,6 +165,17 @@ impl Session {
     /// [`Session::take_microsteps`]. Recording costs an allocation per microstep.
     pub fn record_microsteps(&mut self) {
         self.microsteps.get_or_insert_with(Vec::new);
+    }
+    /// The `error.*` events the session processed since the last call, handled or not
+    /// (empty unless recording microsteps).
+    pub fn take_errors(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.errors)
+    }
+    /// Keeps an `error.*` event for [`Session::take_errors`] when recording.
+    fn note_error(&mut self, ev: &Event) {
+        if self.microsteps.is_some() && ev.name.starts_with("error.") {
+            self.errors.push(ev.clone());
+        }
     }
     /// The microsteps recorded since the last call (empty unless recording).
     pub fn take_microsteps(&mut self) -> Vec<Microstep> {
@@ -370,6 +385,7 @@ impl Session {
     // ----- the main loop -----
 
     fn external_event(&mut self, ev: Event) {
+        self.note_error(&ev);
         self.dm.begin_macrostep();
         self.dm.set_event(&ev);
         let doc = self.doc.clone();
@@ -420,6 +436,7 @@ impl Session {
                     match self.internal.pop_front() {
                         None => break,
                         Some(ev) => {
+                            self.note_error(&ev);
                             self.dm.set_event(&ev);
                             enabled = self.select_transitions(Some(&ev));
                             event = Some(ev);

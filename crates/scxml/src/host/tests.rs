@@ -397,3 +397,35 @@ fn the_probe_is_told_which_session_runs_and_when_it_is_done() {
         assert_eq!(pair, [Some("here-a".to_string()), None]);
     }
 }
+
+/// While recording, a session keeps every `error.*` event it processes, handled or not,
+/// from its internal queue and from outside; it keeps nothing when not recording.
+#[test]
+fn recorded_sessions_keep_their_error_events() {
+    let d = doc(r#"<state id="s">
+        <onentry><raise event="error.handled"/><raise event="error.unhandled"/></onentry>
+        <transition event="error.handled" target="t"/>
+      </state>
+      <state id="t"/>"#);
+    let mut s = session("here-1", &d);
+    s.record_microsteps();
+    s.start(0, &[]);
+    let names: Vec<String> = s.take_errors().iter().map(|e| e.name.to_string()).collect();
+    assert_eq!(names, ["error.handled", "error.unhandled"]);
+    assert!(s.take_errors().is_empty(), "taken once");
+    s.push_external(Event::error_communication(
+        Some("s1".into()),
+        "no such target",
+    ))
+    .unwrap();
+    s.run(1);
+    let e = s.take_errors();
+    assert_eq!(
+        (e[0].name.as_ref(), e[0].sendid.as_deref()),
+        ("error.communication", Some("s1"))
+    );
+
+    let mut quiet = session("here-2", &d);
+    quiet.start(0, &[]);
+    assert!(quiet.take_errors().is_empty());
+}
