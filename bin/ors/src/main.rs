@@ -194,7 +194,7 @@ struct Output {
 /// `--trace`, its `<log>` lines with `--log`.
 fn flush_logs(host: &mut LocalHost<FileFactory>, sid: &str, out: Output) {
     if out.trace {
-        terminal::print_microsteps(sid, &host.take_microsteps(sid));
+        terminal::print_happenings(sid, &host.take_happenings(sid));
     }
     for l in host.logs.drain(..) {
         if out.log {

@@ -3,7 +3,7 @@
 //! terminal or `NO_COLOR` is set, so scripts and tests see plain text.
 
 use anstyle::{AnsiColor, Style};
-use ors_scxml::{Diagnostic, Microstep};
+use ors_scxml::{Diagnostic, Happened};
 
 const LOCATION: Style = Style::new().bold();
 const ERROR: Style = AnsiColor::Red.on_default().bold();
@@ -30,10 +30,19 @@ pub fn print_diagnostic(d: &Diagnostic) {
     );
 }
 
-/// One block per microstep on stderr: what triggered it, the transitions dropped as
-/// conflicting, the states exited, the transitions taken, the states entered.
-pub fn print_microsteps(session: &str, steps: &[Microstep]) {
-    for m in steps {
+/// What a session did, on stderr: one block per microstep (what triggered it, the
+/// transitions dropped as conflicting, the states exited, the transitions taken, the states
+/// entered), and a line per `error.*` event where it happened.
+pub fn print_happenings(session: &str, happened: &[Happened]) {
+    for h in happened {
+        let m = match h {
+            Happened::Step(m) => m,
+            Happened::Error(e) => {
+                let message = e.message().unwrap_or_default();
+                anstream::eprintln!("trace {session}: {DROPPED}{}{DROPPED:#} {message}", e.name);
+                continue;
+            }
+        };
         let trigger = match (&m.event, m.transitions.is_empty()) {
             (Some(e), _) => format!("event {EVENT}{e}{EVENT:#}"),
             (None, true) => "start".to_string(),

@@ -317,6 +317,28 @@ fn run_trace_prints_each_microstep_without_colours_when_piped() {
 }
 
 #[test]
+fn run_trace_prints_errors_where_they_happened() {
+    // The assign fails inside the transition's content: error.execution is raised after
+    // the microstep that took `a[0]`, and no transition handles it.
+    let doc = write_doc(
+        "failing.scxml",
+        r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <state id="a"><transition event="go"><assign location="x" expr="nope + 1"/></transition></state>
+</scxml>"#,
+    );
+    let o = ors(
+        &["run", "--trace", doc.to_str().unwrap()],
+        "{\"name\":\"go\"}\n",
+    );
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let expected_start = "trace run-1: microstep on start\n  enter   a\n\
+        trace run-1: microstep on event go\n  take    a[0]\n\
+        trace run-1: error.execution ReferenceError: nope is not defined";
+    assert!(err.starts_with(expected_start), "{err}");
+}
+
+#[test]
 fn validate_colours_only_where_asked() {
     let bad = write_doc(
         "colours.scxml",

@@ -61,19 +61,21 @@ pub enum What {
     },
 }
 
+impl From<ors_scxml::Happened> for What {
+    fn from(h: ors_scxml::Happened) -> What {
+        match h {
+            ors_scxml::Happened::Step(m) => m.into(),
+            ors_scxml::Happened::Error(e) => e.into(),
+        }
+    }
+}
+
 impl From<ors_scxml::Event> for What {
     /// An `error.*` event as the ring keeps it.
     fn from(e: ors_scxml::Event) -> What {
-        use ors_scxml::Content;
-        let message = match &e.data {
-            Some(Content::Json(serde_json::Value::String(m))) => Some(m.clone()),
-            Some(Content::Json(other)) => Some(other.to_string()),
-            Some(Content::Text(t) | Content::Xml(t)) => Some(t.to_string()),
-            None => None,
-        };
         What::Error {
             event: e.name.to_string(),
-            message,
+            message: e.message().map(str::to_string),
             sendid: e.sendid,
         }
     }

@@ -113,6 +113,15 @@ impl Event {
     pub fn error_communication(sendid: Option<String>, message: &str) -> Self {
         Self::platform("error.communication", sendid, Some(message.to_string()))
     }
+
+    /// What a platform event (an `error.*` one, say) says went wrong: its
+    /// `_event.data.message`.
+    pub fn message(&self) -> Option<&str> {
+        match &self.data {
+            Some(Content::Json(v)) => v.get("message").and_then(|m| m.as_str()),
+            _ => None,
+        }
+    }
 }
 
 /// Where an SCXML Event I/O Processor target points.

@@ -16,4 +16,4 @@ pub use event::{Effect, Event, EventType, InvokeRequest, InvokeSource};
 pub use model::{Content, Document};
 pub use session::{Loopback, Session, SessionLimits, TargetCheck};
 pub use snapshot::Snapshot;
-pub use trace::{Microstep, TransitionRef};
+pub use trace::{Happened, Microstep, TransitionRef, interleave};

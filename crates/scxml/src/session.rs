@@ -86,8 +86,9 @@ pub struct Session {
     /// Microsteps recorded since the last [`Session::take_microsteps`], when recording.
     pub(crate) microsteps: Option<Vec<Microstep>>,
     /// `error.*` events processed since the last [`Session::take_errors`], when recording
-    /// microsteps (an error no transition handles leaves no microstep).
-    errors: Vec<Event>,
+    /// microsteps (an error no transition handles leaves no microstep), each with the
+    /// number of microsteps recorded before it.
+    errors: Vec<(usize, Event)>,
     /// `(dropped, kept)` by the last conflict removal, when recording.
     pub(crate) preempted: Vec<(TransitionId, TransitionId)>,
 }
@@ -167,14 +168,18 @@ impl Session {
         self.microsteps.get_or_insert_with(Vec::new);
     }
     /// The `error.*` events the session processed since the last call, handled or not
-    /// (empty unless recording microsteps).
-    pub fn take_errors(&mut self) -> Vec<Event> {
+    /// (empty unless recording microsteps), each with its place among the microsteps:
+    /// `(i, error)` came after the first `i` of those [`Session::take_microsteps`] returns
+    /// (take both together).
+    pub fn take_errors(&mut self) -> Vec<(usize, Event)> {
         std::mem::take(&mut self.errors)
     }
     /// Keeps an `error.*` event for [`Session::take_errors`] when recording.
     fn note_error(&mut self, ev: &Event) {
-        if self.microsteps.is_some() && ev.name.starts_with("error.") {
-            self.errors.push(ev.clone());
+        if let Some(steps) = &self.microsteps
+            && ev.name.starts_with("error.")
+        {
+            self.errors.push((steps.len(), ev.clone()));
         }
     }
     /// The microsteps recorded since the last call (empty unless recording).

@@ -40,3 +40,28 @@ pub struct Microstep {
     /// States entered, in entry order.
     pub entered: Vec<String>,
 }
+
+/// What a session did, in order: its microsteps with the `error.*` events it processed
+/// put where they happened (from [`Session::take_microsteps`](crate::Session::take_microsteps)
+/// and [`Session::take_errors`](crate::Session::take_errors), taken together).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Happened {
+    /// A microstep.
+    Step(Microstep),
+    /// An `error.*` event, handled or not.
+    Error(crate::Event),
+}
+
+/// Puts `errors` (each with the number of microsteps before it) among `steps`.
+pub fn interleave(steps: Vec<Microstep>, errors: Vec<(usize, crate::Event)>) -> Vec<Happened> {
+    let mut out = Vec::with_capacity(steps.len() + errors.len());
+    let mut errors = errors.into_iter().peekable();
+    for (i, step) in steps.into_iter().enumerate() {
+        while let Some((_, e)) = errors.next_if(|(at, _)| *at <= i) {
+            out.push(Happened::Error(e));
+        }
+        out.push(Happened::Step(step));
+    }
+    out.extend(errors.map(|(_, e)| Happened::Error(e)));
+    out
+}

@@ -339,13 +339,9 @@ impl Worker {
             };
             if let Some(history) = &mut h.meta.history {
                 let at = now_ms();
-                // Errors first: an error's own microstep (if a transition handled it)
-                // follows it.
-                for error in h.session.take_errors() {
-                    history.push(at, error.into());
-                }
-                for step in h.session.take_microsteps() {
-                    history.push(at, step.into());
+                let errors = h.session.take_errors();
+                for happened in ors_scxml::interleave(h.session.take_microsteps(), errors) {
+                    history.push(at, happened.into());
                 }
             }
             if ended.contains(&sid) {

@@ -99,6 +99,18 @@ impl<F: SessionFactory> LocalHost<F> {
             .unwrap_or_default()
     }
 
+    /// The microsteps and `error.*` events of a session since the last call, in order
+    /// (see [`crate::interleave`]).
+    pub fn take_happenings(&mut self, id: &str) -> Vec<crate::Happened> {
+        self.host
+            .get_mut(id)
+            .map(|h| {
+                let errors = h.session.take_errors();
+                crate::interleave(h.session.take_microsteps(), errors)
+            })
+            .unwrap_or_default()
+    }
+
     /// The host's clock.
     pub fn now_ms(&self) -> u64 {
         self.now_ms

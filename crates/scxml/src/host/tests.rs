@@ -410,8 +410,27 @@ fn recorded_sessions_keep_their_error_events() {
     let mut s = session("here-1", &d);
     s.record_microsteps();
     s.start(0, &[]);
-    let names: Vec<String> = s.take_errors().iter().map(|e| e.name.to_string()).collect();
+    let errors = s.take_errors();
+    let names: Vec<&str> = errors.iter().map(|(_, e)| e.name.as_ref()).collect();
     assert_eq!(names, ["error.handled", "error.unhandled"]);
+    // In order among the microsteps: the initial entry, error.handled and the step it
+    // took, then error.unhandled (which took none).
+    let order: Vec<String> = crate::interleave(s.take_microsteps(), errors)
+        .into_iter()
+        .map(|h| match h {
+            crate::Happened::Step(m) => format!("step {:?}", m.event),
+            crate::Happened::Error(e) => format!("error {}", e.name),
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "step None",
+            "error error.handled",
+            "step Some(\"error.handled\")",
+            "error error.unhandled"
+        ]
+    );
     assert!(s.take_errors().is_empty(), "taken once");
     s.push_external(Event::error_communication(
         Some("s1".into()),
@@ -421,8 +440,12 @@ fn recorded_sessions_keep_their_error_events() {
     s.run(1);
     let e = s.take_errors();
     assert_eq!(
-        (e[0].name.as_ref(), e[0].sendid.as_deref()),
-        ("error.communication", Some("s1"))
+        (
+            e[0].1.name.as_ref(),
+            e[0].1.sendid.as_deref(),
+            e[0].1.message()
+        ),
+        ("error.communication", Some("s1"), Some("no such target"))
     );
 
     let mut quiet = session("here-2", &d);
