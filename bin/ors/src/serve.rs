@@ -410,7 +410,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..d
     };
     let hd = ors_http::HttpConfig::default();
-    let hcfg = ors_http::HttpConfig {
+    let mut hcfg = ors_http::HttpConfig {
         max_body_bytes: l.max_body_bytes.unwrap_or(hd.max_body_bytes),
         max_concurrent_requests: l
             .max_concurrent_requests
@@ -436,7 +436,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let rt = ors_runtime::Runtime::start(rcfg, store.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut hcfg = hcfg;
     if let Some(url) = &file.interactions.redis_url {
         let i = &file.interactions;
         let cwt = i.call_watching_timeout_ms.unwrap_or(5_000);

@@ -62,17 +62,7 @@ async fn send(c: &reqwest::Client, url: &str, sid: &str, event: &str) {
 }
 
 async fn start_call(c: &reqwest::Client, url: &str) -> String {
-    let r: Value = c
-        .post(format!("{url}/scxml/session/start"))
-        .bearer_auth(TOKEN)
-        .form(&[("src", "call.scxml")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["sessionid"].as_str().unwrap().to_string()
+    start_with_token(c, url, TOKEN, "call.scxml").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,15 +226,7 @@ async fn any_nodes_inspector_shows_every_session_of_the_cluster() {
     send(&c, &two.url, &on_two, "answer").await;
     let on_one = start_call(&c, &one.url).await;
 
-    let list: Value = c
-        .get(format!("{}/inspector/api/sessions", one.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_with_token(&c, &format!("{}/inspector/api/sessions", one.url), TOKEN).await;
     let listed: Vec<(&str, &str)> = list["sessions"]
         .as_array()
         .unwrap()

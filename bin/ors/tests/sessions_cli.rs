@@ -53,17 +53,7 @@ async fn sessions_cli_lists_shows_sends_and_terminates_across_a_cluster() {
     let mut ids = Vec::new();
     for (s, n) in [(&one, 3), (&two, 2)] {
         for _ in 0..n {
-            let r: Value = c
-                .post(format!("{}/scxml/session/start", s.url))
-                .bearer_auth("client-token")
-                .form(&[("src", "counter.scxml")])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            ids.push(r["sessionid"].as_str().unwrap().to_string());
+            ids.push(start_with_token(&c, &s.url, "client-token", "counter.scxml").await);
         }
     }
     let tok = Some("client-token");

@@ -211,25 +211,8 @@ async fn an_event_between_nodes_carries_its_trace() {
         &[("sender.scxml", NODE_SENDER), ("receiver.scxml", RECEIVER)],
     );
     let c = client();
-    let started = |s: &Server, src: &'static str| {
-        let c = c.clone();
-        let url = format!("{}/scxml/session/start", s.url);
-        async move {
-            let r: serde_json::Value = c
-                .post(url)
-                .bearer_auth("peer-token")
-                .form(&[("src", src)])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            r["sessionid"].as_str().unwrap().to_string()
-        }
-    };
-    let to = started(&two, "receiver.scxml").await;
-    let from = started(&one, "sender.scxml").await;
+    let to = start_with_token(&c, &two.url, "peer-token", "receiver.scxml").await;
+    let from = start_with_token(&c, &one.url, "peer-token", "sender.scxml").await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let client_span = "b7ad6b7169203331";
     let r = c

@@ -249,9 +249,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, RuntimeError> 
 
 fn runtime_error(e: RuntimeError) -> Response {
     metrics::counter!("ors_http_errors_total").increment(1);
-    match e {
-        RuntimeError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string(), None),
-        RuntimeError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m, None),
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let diagnostics = match &e {
         RuntimeError::InvalidDocument(d) => {
             let list: Vec<Value> = d
                 .iter()
@@ -262,39 +261,16 @@ fn runtime_error(e: RuntimeError) -> Response {
                     })
                 })
                 .collect();
-            error(
-                StatusCode::BAD_REQUEST,
-                "invalid document".into(),
-                Some(Value::Array(list)),
-            )
+            Some(Value::Array(list))
         }
-        RuntimeError::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, m, None),
-        RuntimeError::Overloaded(m) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("overloaded: {m}"),
-            None,
-        ),
-        RuntimeError::Timeout(m) => error(StatusCode::GATEWAY_TIMEOUT, m, None),
-        // Normally answered with a 307 by `route_to_owner`.
-        RuntimeError::WrongNode { .. } => error(StatusCode::NOT_FOUND, e.to_string(), None),
-        // Normally answered with a 307 by `backups_redirect`; this is the race where the
-        // process stepped down while the request ran.
-        RuntimeError::NotPrimary { .. } => {
-            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None)
-        }
-        RuntimeError::Quarantined { .. } => error(StatusCode::CONFLICT, e.to_string(), None),
-        RuntimeError::Store(m) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unavailable: {m}"),
-            None,
-        ),
-        RuntimeError::ShuttingDown => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down".into(),
-            None,
-        ),
-        RuntimeError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m, None),
-    }
+        _ => None,
+    };
+    let message = match e {
+        // Their messages say the rest; the kind is in the status.
+        RuntimeError::Timeout(m) | RuntimeError::Internal(m) => m,
+        e => e.to_string(),
+    };
+    error(status, message, diagnostics)
 }
 
 /// Parameters from the query string and the body (form-encoded or a JSON object).

@@ -85,13 +85,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
+fn status_of(e: &RuntimeError) -> StatusCode {
+    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 fn runtime_error(e: RuntimeError) -> Response {
-    let status = match e {
-        RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
-        RuntimeError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error(status, e.to_string())
+    error(status_of(&e), e.to_string())
 }
 
 /// What the list filters on.
@@ -246,13 +245,7 @@ async fn detail(
             i.rt.inspect(sid)
                 .await
                 .map(|insp| inspection_json(&insp, chart))
-                .map_err(|e| {
-                    let status = match e {
-                        RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
-                        _ => StatusCode::SERVICE_UNAVAILABLE,
-                    };
-                    (status, e.to_string())
-                })
+                .map_err(|e| (status_of(&e), e.to_string()))
         }
         Some(node) => fetch_remote(i, node, sid, chart, headers).await,
     }

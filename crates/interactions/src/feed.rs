@@ -88,6 +88,9 @@ pub struct Feed {
 /// A stream entry as Redis gives it: its id and its fields.
 type RawEntry = (String, HashMap<String, String>);
 
+/// A stream entry read: its id, and its fields as an interaction (or why they are not one).
+pub type Entry = (String, Result<Interaction, FeedError>);
+
 /// The consumer group every node's primary pulls from (each node a consumer by its id).
 pub const GROUP: &str = "ors";
 
@@ -146,7 +149,7 @@ impl Feed {
         from: &str,
         count: u64,
         block_ms: u64,
-    ) -> Result<Vec<(String, Result<Interaction, FeedError>)>, FeedError> {
+    ) -> Result<Vec<Entry>, FeedError> {
         let raw: fred::types::Value = self
             .puller
             .xreadgroup(
@@ -159,11 +162,7 @@ impl Feed {
                 from,
             )
             .await?;
-        if raw.is_null() {
-            return Ok(Vec::new());
-        }
-        let resp: XReadResponse<String, String, String, String> = raw.into_xread_response()?;
-        Ok(entries(resp))
+        entries(raw)
     }
 
     /// Takes over, for `consumer`, entries another consumer was given at least
@@ -175,7 +174,7 @@ impl Feed {
         min_idle_ms: u64,
         start: &str,
         count: u64,
-    ) -> Result<(String, Vec<(String, Result<Interaction, FeedError>)>), FeedError> {
+    ) -> Result<(String, Vec<Entry>), FeedError> {
         let (next, values): (String, Vec<RawEntry>) = self
             .writer
             .xautoclaim_values(
@@ -188,14 +187,7 @@ impl Feed {
                 false,
             )
             .await?;
-        let out = values
-            .into_iter()
-            .map(|(entry, fields)| {
-                let parsed = parse(&entry, &fields);
-                (entry, parsed)
-            })
-            .collect();
-        Ok((next, out))
+        Ok((next, values.into_iter().map(parsed).collect()))
     }
 
     /// Acknowledges pulled entries: their sessions exist.
@@ -216,17 +208,12 @@ impl Feed {
         after: &str,
         count: u64,
         block_ms: u64,
-    ) -> Result<Vec<(String, Result<Interaction, FeedError>)>, FeedError> {
+    ) -> Result<Vec<Entry>, FeedError> {
         let raw: fred::types::Value = self
             .reader
             .xread(Some(count), Some(block_ms), &self.key, after)
             .await?;
-        // Nothing arrived in time (or the stream does not exist yet): nil, not a map.
-        if raw.is_null() {
-            return Ok(Vec::new());
-        }
-        let resp: XReadResponse<String, String, String, String> = raw.into_xread_response()?;
-        Ok(entries(resp))
+        entries(raw)
     }
 
     /// Where node `node` stopped reading.
@@ -249,17 +236,19 @@ impl Feed {
 }
 
 /// The entries of an XREAD or XREADGROUP answer, parsed.
-fn entries(
-    resp: XReadResponse<String, String, String, String>,
-) -> Vec<(String, Result<Interaction, FeedError>)> {
-    let mut out = Vec::new();
-    for (_, list) in resp {
-        for (entry, fields) in list {
-            let parsed = parse(&entry, &fields);
-            out.push((entry, parsed));
-        }
+fn entries(raw: fred::types::Value) -> Result<Vec<Entry>, FeedError> {
+    // Nothing arrived in time (or the stream does not exist yet): nil, not a map.
+    if raw.is_null() {
+        return Ok(Vec::new());
     }
-    out
+    let resp: XReadResponse<String, String, String, String> = raw.into_xread_response()?;
+    Ok(resp.into_values().flatten().map(parsed).collect())
+}
+
+/// An entry, with its fields read as an interaction.
+fn parsed((entry, fields): RawEntry) -> Entry {
+    let it = parse(&entry, &fields);
+    (entry, it)
 }
 
 /// An entry's fields as an interaction.

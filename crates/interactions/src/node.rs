@@ -203,10 +203,7 @@ impl Node {
                 if ctx.rt.role() != NodeRole::Primary {
                     return;
                 }
-                let live = live_nodes(&ctx).await;
-                let candidates: Vec<String> = place(&it.id, &live)
-                    .map(|p| p.reserved.into_iter().chain([p.assigned]).collect())
-                    .unwrap_or_default();
+                let candidates = creators(&it.id, &live_nodes(&ctx).await);
                 match ensure_session(&ctx, &candidates, &it).await {
                     None => return,
                     Some(wait) => at = Instant::now() + wait,
@@ -249,11 +246,7 @@ impl Node {
         let live = &live;
         let again: Vec<(Duration, Interaction)> = futures_util::stream::iter(its)
             .map(|it| async move {
-                // Only the assigned and the reserved node create it (or this one).
-                let candidates: Vec<String> = place(&it.id, live)
-                    .map(|p| p.reserved.into_iter().chain([p.assigned]).collect())
-                    .unwrap_or_default();
-                ensure_session(ctx, &candidates, &it)
+                ensure_session(ctx, &creators(&it.id, live), &it)
                     .await
                     .map(|wait| (wait, it))
             })
@@ -479,11 +472,7 @@ async fn run_pulled(ctx: Arc<Ctx>, feed: Arc<Feed>) {
 
 /// Makes sure each pulled entry has its session, and acknowledges those that do (and
 /// malformed ones, which nothing can do anything with). Whether all were acknowledged.
-async fn pull_entries(
-    ctx: &Ctx,
-    feed: &Feed,
-    entries: Vec<(String, Result<Interaction, crate::feed::FeedError>)>,
-) -> bool {
+async fn pull_entries(ctx: &Ctx, feed: &Feed, entries: Vec<crate::feed::Entry>) -> bool {
     if entries.is_empty() {
         return true;
     }
@@ -520,6 +509,14 @@ async fn pull_entries(
         return false;
     }
     acked.len() == results.len()
+}
+
+/// The nodes that may have created a shared-feed interaction's session besides this one:
+/// its assigned and its reserved node.
+fn creators(id: &str, live: &[Candidate]) -> Vec<String> {
+    place(id, live)
+        .map(|p| p.reserved.into_iter().chain([p.assigned]).collect())
+        .unwrap_or_default()
 }
 
 /// The nodes that have a primary now (the cluster caches the membership it reads), this

@@ -116,11 +116,11 @@ pub(crate) async fn post(
     outbound: &crate::outbound::OutboundPolicy,
     target: &str,
     event: &Event,
-    span: &tracing::Span,
 ) -> Result<(), String> {
     outbound.check(target)?;
+    // The trace of the macrostep that sent it, if the caller runs in its span.
     let mut headers = reqwest::header::HeaderMap::new();
-    crate::trace_context::inject(span, &mut headers);
+    crate::trace_context::inject(&tracing::Span::current(), &mut headers);
     let req = client
         .post(target)
         .headers(headers)

@@ -55,6 +55,26 @@ pub enum RuntimeError {
     Internal(String),
 }
 
+impl RuntimeError {
+    /// The HTTP status an API answers this with: one mapping for every HTTP front (the
+    /// REST API, the inspector).
+    pub fn http_status(&self) -> u16 {
+        use RuntimeError as E;
+        match self {
+            // A session of another node is normally answered with a 307 before this.
+            E::NotFound(_) | E::WrongNode { .. } => 404,
+            E::BadRequest(_) | E::InvalidDocument(_) => 400,
+            E::TooLarge(_) => 413,
+            E::Quarantined { .. } => 409,
+            E::Timeout(_) => 504,
+            E::Internal(_) => 500,
+            // A backup normally answers with a 307 before this: this is the race where
+            // the process stepped down while the request ran.
+            E::Overloaded(_) | E::NotPrimary { .. } | E::Store(_) | E::ShuttingDown => 503,
+        }
+    }
+}
+
 impl From<ors_store::StoreError> for RuntimeError {
     fn from(e: ors_store::StoreError) -> Self {
         RuntimeError::Store(e.to_string())

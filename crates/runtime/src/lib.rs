@@ -686,7 +686,7 @@ impl Runtime {
             RuntimeError::Internal(format!("session {sid} has a corrupt snapshot: {e}"))
         })?;
         let document = match self.shared.docs.get(&rec.document).await {
-            Ok(d) => d.name.as_deref().unwrap_or(&d.source_name).to_string(),
+            Ok(d) => d.display_name().to_string(),
             Err(_) => rec.document.clone(),
         };
         Ok(Some(SessionSummary {
@@ -897,11 +897,9 @@ impl Runtime {
             },
         )?;
         match rx.await.map_err(|_| RuntimeError::ShuttingDown)? {
-            Err(RuntimeError::Quarantined { reason, .. }) => Ok(QueryResult {
-                quarantined: Some(reason),
-                done: false,
-                ..QueryResult::finished(sid, Vec::new())
-            }),
+            Err(RuntimeError::Quarantined { reason, .. }) => {
+                Ok(QueryResult::quarantined(sid, reason))
+            }
             r => r,
         }
     }
@@ -925,11 +923,7 @@ impl Runtime {
         )?;
         match rx.await.map_err(|_| RuntimeError::ShuttingDown)? {
             Err(RuntimeError::Quarantined { reason, .. }) => {
-                let q = QueryResult {
-                    quarantined: Some(reason),
-                    done: false,
-                    ..QueryResult::finished(sid, Vec::new())
-                };
+                let q = QueryResult::quarantined(sid, reason);
                 Ok(Inspection::of_query(q, self.node_id(), capacity))
             }
             r => r,
@@ -988,6 +982,15 @@ impl Runtime {
 }
 
 impl QueryResult {
+    /// A session that is quarantined: never run again, its stored state kept.
+    fn quarantined(sid: &str, reason: String) -> QueryResult {
+        QueryResult {
+            quarantined: Some(reason),
+            done: false,
+            ..QueryResult::finished(sid, Vec::new())
+        }
+    }
+
     fn finished(sid: &str, configuration: Vec<String>) -> QueryResult {
         QueryResult {
             sessionid: sid.into(),

@@ -442,6 +442,10 @@ impl Document {
         NEXT_DOCUMENT_ID.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// What to call it for people: its `name`, else where it came from.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.source_name)
+    }
     /// A state by index.
     pub fn state(&self, id: StateId) -> &State {
         &self.states[id as usize]

@@ -263,6 +263,24 @@ pub async fn get_with_token(c: &reqwest::Client, url: &str, token: &str) -> Valu
         .unwrap()
 }
 
+/// Starts a session of `src` at the server `url` with a bearer token; its id.
+pub async fn start_with_token(c: &reqwest::Client, url: &str, token: &str, src: &str) -> String {
+    let r: Value = c
+        .post(format!("{url}/scxml/session/start"))
+        .bearer_auth(token)
+        .form(&[("src", src)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["sessionid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session started: {r}"))
+        .to_string()
+}
+
 pub async fn post(c: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> (u16, Value) {
     let r = c.post(url).form(form).send().await.unwrap();
     let status = r.status().as_u16();

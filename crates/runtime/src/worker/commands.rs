@@ -43,7 +43,10 @@ impl Worker {
                 span,
             } => {
                 let macrostep = tracing::debug_span!(parent: &span, "macrostep", "session.id" = %sid, "event.name" = %event.name);
-                batch.spans.push((sid.clone(), macrostep));
+                // Kept only when recorded: nothing per event while tracing is off.
+                if !macrostep.is_disabled() {
+                    batch.spans.push((sid.clone(), macrostep));
+                }
                 if let Err(e) = self.ensure_loaded(&sid).await {
                     let _ = reply.send(Err(self.explain(&sid, e)));
                     return;
@@ -102,17 +105,7 @@ impl Worker {
             }
             Command::Query { sid, reply } => {
                 let r = match self.ensure_loaded(&sid).await {
-                    Ok(()) => {
-                        let h = self.host.get_mut(&sid).expect("loaded");
-                        Ok(QueryResult {
-                            sessionid: sid.clone(),
-                            configuration: h.session.active_atomic_states(),
-                            active_states: h.session.active_states(),
-                            datamodel: h.session.datamodel_json().unwrap_or(Value::Null),
-                            done: h.session.is_done(),
-                            quarantined: None,
-                        })
-                    }
+                    Ok(()) => Ok(self.query_result(&sid)),
                     Err(e) => match self.shared.finished.get(&sid) {
                         Some(conf) => Ok(QueryResult::finished(&sid, conf)),
                         None => Err(e),
@@ -183,8 +176,22 @@ impl Worker {
         }
     }
 
+    /// What `/query` shows of a session in memory.
+    fn query_result(&mut self, sid: &str) -> QueryResult {
+        let h = self.host.get_mut(sid).expect("loaded");
+        QueryResult {
+            sessionid: sid.to_string(),
+            configuration: h.session.active_atomic_states(),
+            active_states: h.session.active_states(),
+            datamodel: h.session.datamodel_json().unwrap_or(Value::Null),
+            done: h.session.is_done(),
+            quarantined: None,
+        }
+    }
+
     /// What the inspector shows of a session in memory.
     fn inspection(&mut self, sid: &str) -> Inspection {
+        let query = self.query_result(sid);
         let h = self.host.get_mut(sid).expect("loaded");
         // Microsteps of a batch go to the ring when it is flushed; none are pending
         // between batches, when commands like this one run.
@@ -201,16 +208,9 @@ impl Worker {
             })
             .collect();
         Inspection {
-            query: QueryResult {
-                sessionid: sid.to_string(),
-                configuration: h.session.active_atomic_states(),
-                active_states: h.session.active_states(),
-                datamodel: h.session.datamodel_json().unwrap_or(Value::Null),
-                done: h.session.is_done(),
-                quarantined: None,
-            },
+            query,
             node: self.shared.cfg.node_id.clone(),
-            document_name: Some(doc.name.as_deref().unwrap_or(&doc.source_name).to_string()),
+            document_name: Some(doc.display_name().to_string()),
             timers,
             history: h
                 .meta
@@ -247,14 +247,15 @@ impl Worker {
         {
             return Ok(false);
         }
-        let name = event.name.to_string();
+        // Only a ring keeps the name: no copy per event when the inspector is off.
+        let name = (self.shared.cfg.history > 0).then(|| event.name.to_string());
         self.host.push(sid, event)?;
         if let Some(h) = self.host.get_mut(sid) {
             if let Some(k) = key {
                 h.meta.keys.add(k, now_ms());
             }
-            if let Some(history) = &mut h.meta.history {
-                history.push(now_ms(), What::Received { event: name });
+            if let (Some(history), Some(event)) = (&mut h.meta.history, name) {
+                history.push(now_ms(), What::Received { event });
             }
         }
         Ok(true)

@@ -159,9 +159,13 @@ struct Batch {
     spans: Vec<(String, tracing::Span)>,
 }
 
-/// The span of a batch's event for `sid`, if it had one.
-fn span_of<'a>(spans: &'a [(String, tracing::Span)], sid: &str) -> Option<&'a tracing::Span> {
-    spans.iter().find(|(s, _)| s == sid).map(|(_, span)| span)
+/// The id of the span of a batch's event for `sid`, if it had one (`None` makes a child
+/// span a root, as a worker thread has no current span anyway).
+fn span_of(spans: &[(String, tracing::Span)], sid: &str) -> Option<tracing::Id> {
+    spans
+        .iter()
+        .find(|(s, _)| s == sid)
+        .and_then(|(_, span)| span.id())
 }
 
 struct Worker {
@@ -390,14 +394,9 @@ impl Worker {
         });
         // One write for the batch: a child of its first event's span, following the others.
         let spans = std::mem::take(&mut batch.spans);
-        let write_span = match spans.first() {
-            Some((_, first)) => {
-                tracing::debug_span!(parent: first, "store.write", sessions = plan.snapshots.len())
-            }
-            None => {
-                tracing::debug_span!(parent: None, "store.write", sessions = plan.snapshots.len())
-            }
-        };
+        let first = spans.first().and_then(|(_, s)| s.id());
+        let write_span =
+            tracing::debug_span!(parent: first, "store.write", sessions = plan.snapshots.len());
         for (_, s) in spans.iter().skip(1) {
             write_span.follows_from(s);
         }
@@ -528,14 +527,8 @@ impl Worker {
         }
         for (from, outgoing) in batch.other_nodes {
             if !failed.contains_key(&from) {
-                let span = match span_of(&spans, &from) {
-                    Some(p) => {
-                        tracing::debug_span!(parent: p, "node.deliver", "session.id" = %from, "target.session" = %outgoing.to, "otel.kind" = "client")
-                    }
-                    None => {
-                        tracing::debug_span!("node.deliver", "session.id" = %from, "target.session" = %outgoing.to, "otel.kind" = "client")
-                    }
-                };
+                let parent = span_of(&spans, &from);
+                let span = tracing::debug_span!(parent: parent, "node.deliver", "session.id" = %from, "target.session" = %outgoing.to, "otel.kind" = "client");
                 let deliver = crate::nodes::deliver(self.shared.clone(), from, outgoing);
                 self.main.spawn(deliver.instrument(span));
             }
@@ -543,23 +536,12 @@ impl Worker {
         for (from, target, event) in batch.http {
             if !failed.contains_key(&from) {
                 let shared = self.shared.clone();
-                let span = match span_of(&spans, &from) {
-                    Some(p) => {
-                        tracing::debug_span!(parent: p, "basichttp.send", "session.id" = %from, "url.full" = %target, "otel.kind" = "client")
-                    }
-                    None => {
-                        tracing::debug_span!("basichttp.send", "session.id" = %from, "url.full" = %target, "otel.kind" = "client")
-                    }
-                };
+                let parent = span_of(&spans, &from);
+                let span = tracing::debug_span!(parent: parent, "basichttp.send", "session.id" = %from, "url.full" = %target, "otel.kind" = "client");
                 self.main.spawn(async move {
-                    let sent = crate::basichttp::post(
-                        &shared.http,
-                        &shared.cfg.outbound,
-                        &target,
-                        &event,
-                        &span,
-                    );
-                    if let Err(reason) = sent.instrument(span.clone()).await {
+                    let sent =
+                        crate::basichttp::post(&shared.http, &shared.cfg.outbound, &target, &event);
+                    if let Err(reason) = sent.instrument(span).await {
                         tracing::info!(session = %from, "{reason}");
                         let cmd = Command::Undeliverable {
                             from: from.clone(),
