@@ -316,6 +316,11 @@ fn remove_schedule(txn: &redb::WriteTransaction, id: &str) -> Result<()> {
 
 #[async_trait]
 impl SessionStore for EmbeddedStore {
+    /// Calls only hand work to the commit thread or the blocking pool.
+    fn runtime_independent(&self) -> bool {
+        true
+    }
+
     async fn put_document(&self, hash: &str, body: &[u8]) -> Result<()> {
         let (hash, body) = (hash.to_string(), body.to_vec());
         self.write(move |txn| {

@@ -257,6 +257,17 @@ impl Member {
 /// - Lease tokens only grow.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
+    /// Whether this store's futures may be awaited on any tokio runtime, including a
+    /// current-thread runtime that is polled only between other work: true when every
+    /// call only hands its work to threads the store owns and waits for the answer (the
+    /// embedded store's commit thread and blocking pool; the in-memory store). A caller
+    /// may then skip a hop to another runtime on its hot path. The default, `false`, is
+    /// right for network clients, whose connections are driven by the runtime that made
+    /// them (and a connection made inside a call would belong to the caller's runtime).
+    fn runtime_independent(&self) -> bool {
+        false
+    }
+
     /// Stores a document under its content hash. Idempotent.
     async fn put_document(&self, hash: &str, body: &[u8]) -> Result<()>;
     /// The document stored under `hash`, if any.

@@ -64,6 +64,11 @@ impl Inner {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
+    /// Calls do no I/O.
+    fn runtime_independent(&self) -> bool {
+        true
+    }
+
     async fn put_document(&self, hash: &str, body: &[u8]) -> Result<()> {
         self.lock()
             .documents

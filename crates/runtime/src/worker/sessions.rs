@@ -59,7 +59,7 @@ impl Worker {
         let store = self.shared.store.clone();
         let id = sid.to_string();
         let rec = self
-            .on_main(async move { store.read_session(&id).await })
+            .store_call(async move { store.read_session(&id).await })
             .await??
             .ok_or_else(|| RuntimeError::NotFound(sid.to_string()))?;
         if rec.node != self.shared.cfg.node_id {
@@ -98,7 +98,7 @@ impl Worker {
                 .iter()
                 .map(|o| o.entry(sid, crate::now_ms()))
                 .collect();
-            self.on_main(async move {
+            self.store_call(async move {
                 for e in &entries {
                     store.put_schedule(e).await?;
                 }
