@@ -1,5 +1,5 @@
 //! `ors sessions`: look at and drive the sessions of a running server from the command
-//! line (`list`, `show`, `send`, `terminate`), as tables for people or `--json` for
+//! line (`list`, `show`, `send`, `terminate`, `drain`), as tables for people or `--json` for
 //! scripts. Talks to the REST API; follows the `307`s of a cluster itself, so the bearer
 //! token goes along to whichever node owns a session.
 
@@ -59,6 +59,18 @@ enum SessionsCommand {
     },
     /// End a session.
     Terminate { id: String },
+    /// Move the sessions of the node at --url to other nodes of the cluster (all of
+    /// them, or --limit), and print where they went. They keep their ids; requests for
+    /// them are redirected to their new nodes.
+    Drain {
+        /// The nodes to move them to (repeat or comma-separate); default: every other
+        /// node with a primary, in equal shares.
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<String>,
+        /// Move at most this many (to rebalance rather than empty the node).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }
 
 pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
@@ -170,6 +182,27 @@ async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        SessionsCommand::Drain { to, limit } => {
+            let url = endpoint(base, &["cluster", "drain"])?;
+            let body = serde_json::json!({ "to": to, "limit": limit });
+            let r = api.call(Method::POST, url.as_str(), Some(body)).await?;
+            if args.json {
+                println!("{r}");
+            } else {
+                let mut rows: Vec<[String; 2]> = r["moved"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(node, n)| [node.clone(), n.to_string()])
+                    .collect();
+                rows.push(["(stayed)".into(), r["kept_count"].to_string()]);
+                print_table(&["NODE", "SESSIONS MOVED"], &rows);
+                for k in r["kept"].as_array().into_iter().flatten() {
+                    println!("stayed: {} ({})", text(&k[0]), text(&k[1]));
+                }
+                println!("in {} ms", r["elapsed_ms"]);
+            }
+        }
         SessionsCommand::Terminate { id } => {
             let url = endpoint(base, &["scxml", "session", &id, "terminate"])?;
             let r = api.call(Method::POST, url.as_str(), None).await?;
@@ -237,7 +270,8 @@ impl Api {
         let client = reqwest::Client::builder()
             // Followed here, so that the token goes along to another node.
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(30))
+            // A drain of many sessions answers when it is done.
+            .timeout(std::time::Duration::from_secs(600))
             .build()
             .context("making the HTTP client")?;
         Ok(Api {

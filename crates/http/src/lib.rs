@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use ors_runtime::{NodeRole, Runtime, RuntimeError, StartRequest};
+use ors_runtime::{NodeRole, Runtime, RuntimeError, StartRequest, Whereabouts};
 use ors_scxml::Event;
 use serde_json::{Map, Value, json};
 use tower::ServiceBuilder;
@@ -168,16 +168,7 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         .route("/metrics", get(prometheus))
         .route("/ors/help", get(help))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into(), None) })
-        // Outermost first: a backup hands everything to its primary, which routes
-        // requests for other nodes' sessions to those nodes.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            route_to_owner,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            backups_redirect,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), route))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(layers)
         // Outside the layers: a load balancer polls it several times a second, and a
@@ -185,6 +176,9 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         .route("/heartbeat", get(heartbeat))
         .route("/cluster/members", get(members))
         .route("/cluster/changes", get(changes))
+        // Outside the timeout: a drain of many sessions takes a while.
+        .route("/cluster/drain", post(drain))
+        .route(ors_runtime::ADOPT_PATH, post(adopt))
         .route(ors_cluster::WATCH_PATH, get(watch))
         // Outermost: nothing answers an unauthenticated request, not even with a 307.
         .layer(axum::middleware::from_fn_with_state(
@@ -265,12 +259,22 @@ fn runtime_error(e: RuntimeError) -> Response {
         }
         _ => None,
     };
+    let relocated = matches!(e, RuntimeError::WrongNode { .. });
+    let retry_soon = matches!(e, RuntimeError::Moving(_));
     let message = match e {
         // Their messages say the rest; the kind is in the status.
         RuntimeError::Timeout(m) | RuntimeError::Internal(m) => m,
         e => e.to_string(),
     };
-    error(status, message, diagnostics)
+    let mut resp = error(status, message, diagnostics);
+    if relocated {
+        resp.extensions_mut().insert(Relocated);
+    }
+    if retry_soon {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 /// Parameters from the query string and the body (form-encoded or a JSON object).
@@ -482,28 +486,6 @@ async fn basichttp(
     }
 }
 
-/// A backup serves nothing but its health and metrics: every other request goes to the
-/// primary with `307` (method and body kept), or gets `503` while no primary is known.
-async fn backups_redirect(
-    State(s): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let path = req.uri().path();
-    if s.rt.role() == NodeRole::Primary || matches!(path, "/metrics" | "/ors/help") {
-        return next.run(req).await;
-    }
-    let Some(primary) = s.rt.primary_url() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this process is a backup and its node has no primary right now".into(),
-            None,
-        );
-    };
-    let body = |_: &str| json!({ "error": "this process is a backup", "primary": primary });
-    redirect(&primary, req.uri(), body)
-}
-
 /// `307` to the same path and query at `base` (a 307 keeps the method and body); `body`
 /// makes the JSON answer from the target URL.
 fn redirect(base: &str, uri: &Uri, body: impl FnOnce(&str) -> Value) -> Response {
@@ -536,39 +518,80 @@ fn with_session_cookie(cfg: &HttpConfig, mut resp: Response, sid: &str) -> Respo
     resp
 }
 
-/// A request about a session of another node gets `307` to that node's external URL
-/// (its load balancer), with the same path and query and the session cookie.
-async fn route_to_owner(
+/// Where a request is served, one layer for the whole API:
+/// - a backup hands everything to its node's primary (`307`);
+/// - a request for a session that runs on another node gets `307` to that node: the
+///   node its id names, or the one it was moved to (`Runtime::whereabouts`; a handler
+///   that finds the session gone from here marks its answer with [`Relocated`], which
+///   becomes the same `307`);
+/// - a session that is moving right now gets `503` with `Retry-After`.
+async fn route(
     State(s): State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
-    let sid = path
+    if s.rt.role() != NodeRole::Primary && !matches!(path, "/metrics" | "/ors/help") {
+        let Some(primary) = s.rt.primary_url() else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this process is a backup and its node has no primary right now".into(),
+                None,
+            );
+        };
+        let body = |_: &str| json!({ "error": "this process is a backup", "primary": primary });
+        return redirect(&primary, req.uri(), body);
+    }
+    let Some(sid) = path
         .strip_prefix("/scxml/session/")
         .and_then(|rest| rest.split_once('/'))
         .map(|(sid, _)| sid)
-        .filter(|sid| *sid != "start");
-    let Some(node) = sid.and_then(ors_runtime::owner_node) else {
+        .filter(|sid| *sid != "start")
+        .map(str::to_string)
+    else {
         return next.run(req).await;
     };
-    if node == s.rt.node_id() {
-        return next.run(req).await;
-    }
-    let sid = sid.unwrap_or_default().to_string();
-    let url = match s.rt.node_url(node).await {
-        Ok(Some(url)) => url,
-        Ok(None) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("session {sid} is owned by node {node}, which has no primary now"),
-                None,
-            );
+    let uri = req.uri().clone();
+    match s.rt.whereabouts(&sid).await {
+        // Malformed: the handler says 404.
+        Ok(Whereabouts::Here) | Err(RuntimeError::NotFound(_)) => {
+            let resp = next.run(req).await;
+            match resp.extensions().get::<Relocated>() {
+                Some(_) => redirect_to_session(&s, &sid, &uri).await,
+                None => resp,
+            }
         }
-        Err(e) => return runtime_error(e),
-    };
-    let body = |target: &str| json!({ "sessionid": sid, "node": node, "location": target });
-    with_session_cookie(&s.cfg, redirect(&url, req.uri(), body), &sid)
+        Ok(_) => redirect_to_session(&s, &sid, &uri).await,
+        Err(e) => runtime_error(e),
+    }
+}
+
+/// Marks an answer whose session runs on another node (`RuntimeError::WrongNode`): the
+/// routing layer turns it into a `307` there.
+#[derive(Clone, Copy)]
+struct Relocated;
+
+/// `307` to the node that runs `sid`, `503` while it moves or when its node has no
+/// primary.
+async fn redirect_to_session(s: &AppInner, sid: &str, uri: &Uri) -> Response {
+    match s.rt.whereabouts(sid).await {
+        Ok(Whereabouts::Node {
+            node,
+            url: Some(url),
+        }) => {
+            let body = |target: &str| json!({ "sessionid": sid, "node": node, "location": target });
+            with_session_cookie(&s.cfg, redirect(&url, uri, body), sid)
+        }
+        Ok(Whereabouts::Node { node, url: None }) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("session {sid} is owned by node {node}, which has no primary now"),
+            None,
+        ),
+        Ok(Whereabouts::Moving) => runtime_error(RuntimeError::Moving(sid.into())),
+        // Moved back here meanwhile: the client's retry is served.
+        Ok(Whereabouts::Here) => runtime_error(RuntimeError::Moving(sid.into())),
+        Err(e) => runtime_error(e),
+    }
 }
 
 /// The SCXML Event I/O Processor between nodes: an event a session of another node sent
@@ -707,6 +730,46 @@ async fn changes(State(s): State<AppState>, uri: Uri) -> Response {
 }
 
 /// The cluster's membership as this process reads it from the store; any process answers.
+/// `POST /cluster/drain`: moves this node's sessions (JSON body, optional: `to`, the
+/// nodes to move them to; `limit`, how many) to other nodes. Answered when done.
+async fn drain(State(s): State<AppState>, body: Bytes) -> Response {
+    let req: ors_runtime::DrainRequest = match body.is_empty() {
+        true => Default::default(),
+        false => match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid drain request: {e}"),
+                    None,
+                );
+            }
+        },
+    };
+    match s.rt.drain(req).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => runtime_error(e),
+    }
+}
+
+/// `POST /cluster/adopt`: another node's primary moves sessions to this node (`drain`).
+async fn adopt(State(s): State<AppState>, body: Bytes) -> Response {
+    let req: ors_runtime::AdoptRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid adopt request: {e}"),
+                None,
+            );
+        }
+    };
+    match s.rt.adopt(req).await {
+        Ok(answer) => axum::Json(answer).into_response(),
+        Err(e) => runtime_error(e),
+    }
+}
+
 async fn members(State(s): State<AppState>) -> Response {
     match s.rt.members().await {
         Ok(m) => axum::Json(json!({ "members": *m })).into_response(),

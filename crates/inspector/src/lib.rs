@@ -229,9 +229,13 @@ async fn session(
     }
 }
 
-/// The node that owns `sid`, when it is not this one.
-fn remote_owner<'a>(i: &Inspector, sid: &'a str) -> Option<&'a str> {
-    ors_runtime::owner_node(sid).filter(|n| *n != i.rt.node_id())
+/// The node that runs `sid`, when it is not this one (the id's node, or where the session
+/// was moved).
+async fn remote_owner(i: &Inspector, sid: &str) -> Option<String> {
+    match i.rt.whereabouts(sid).await {
+        Ok(ors_runtime::Whereabouts::Node { node, .. }) => Some(node),
+        _ => None,
+    }
 }
 
 async fn detail(
@@ -240,14 +244,14 @@ async fn detail(
     chart: bool,
     headers: &HeaderMap,
 ) -> Result<Value, (StatusCode, String)> {
-    match remote_owner(i, sid) {
+    match remote_owner(i, sid).await {
         None => {
             i.rt.inspect(sid)
                 .await
                 .map(|insp| inspection_json(&insp, chart))
                 .map_err(|e| (status_of(&e), e.to_string()))
         }
-        Some(node) => fetch_remote(i, node, sid, chart, headers).await,
+        Some(node) => fetch_remote(i, &node, sid, chart, headers).await,
     }
 }
 
@@ -310,7 +314,8 @@ async fn fetch_remote(
 /// most every [`MIN_UPDATE_GAP`]; an `error` event and the end of the stream when the
 /// session is gone. A session of another node is asked every [`REMOTE_POLL`].
 async fn live(State(i): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let stream = updates(i, id, headers);
+    let remote = remote_owner(&i, &id).await.is_some();
+    let stream = updates(i, id, headers, remote);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -326,8 +331,8 @@ fn updates(
     i: Shared,
     sid: String,
     headers: HeaderMap,
+    remote: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let remote = remote_owner(&i, &sid).is_some();
     let watch = (!remote).then(|| i.rt.watch(&sid));
     let state = (i, sid, headers, watch, Phase::First, None::<Value>);
     futures_util::stream::unfold(

@@ -286,8 +286,11 @@ impl Node {
             }
             return;
         };
-        if ors_runtime::owner_node(&sid) != Some(self.ctx.rt.node_id()) {
-            return; // its own node delivers it
+        if !matches!(
+            self.ctx.rt.whereabouts(&sid).await,
+            Ok(ors_runtime::Whereabouts::Here)
+        ) {
+            return; // the node that runs it delivers it
         }
         let data = (!data.is_null()).then(|| data.clone());
         // The entry id as the idempotency key: a feed read again after a takeover does not

@@ -29,6 +29,9 @@ pub enum RuntimeError {
         /// The node that owns it.
         node: String,
     },
+    /// The session is being moved to another node right now; retry shortly.
+    #[error("session {0} is moving to another node; retry shortly")]
+    Moving(String),
     /// This process is a backup of its node: the node's primary (its advertise URL, if
     /// known) serves the request.
     #[error("this process is a backup; the primary is {}", .primary.as_deref().unwrap_or("not known yet"))]
@@ -70,7 +73,11 @@ impl RuntimeError {
             E::Internal(_) => 500,
             // A backup normally answers with a 307 before this: this is the race where
             // the process stepped down while the request ran.
-            E::Overloaded(_) | E::NotPrimary { .. } | E::Store(_) | E::ShuttingDown => 503,
+            E::Overloaded(_)
+            | E::Moving(_)
+            | E::NotPrimary { .. }
+            | E::Store(_)
+            | E::ShuttingDown => 503,
         }
     }
 }

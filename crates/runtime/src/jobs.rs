@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::outbox::{Failure, GIVE_UP_AFTER};
 use crate::worker::Command;
-use crate::{Runtime, RuntimeError, now_ms, owner_node};
+use crate::{Runtime, RuntimeError, now_ms};
 
 pub(crate) struct JobRunner {
     runtime: Runtime,
@@ -45,8 +45,8 @@ fn gone_is_done(r: Result<(), RuntimeError>) -> Result<(), FireError> {
 impl Fire for JobRunner {
     /// Only the node's primary fires its jobs; jobs of other nodes are theirs.
     fn owns(&self, job: &Job) -> bool {
-        self.runtime.shared.is_primary()
-            && owner_node(job.session()) == Some(self.runtime.node_id())
+        let shared = &self.runtime.shared;
+        shared.is_primary() && shared.ownership.is_here(job.session())
     }
 
     async fn fire(&self, job: &Job) -> Result<(), FireError> {
@@ -108,7 +108,7 @@ impl JobRunner {
             ))));
             return Ok(());
         }
-        let result = if owner_node(&d.to) == Some(self.runtime.node_id()) {
+        let result = if shared.ownership.is_here(&d.to) {
             self.runtime
                 .deliver_event(&d.to, event, d.key.clone())
                 .await

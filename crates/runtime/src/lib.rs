@@ -20,9 +20,12 @@ mod error;
 mod idempotency;
 mod inspect;
 mod jobs;
+mod moves;
 mod nodes;
 pub mod outbound;
 mod outbox;
+mod ownership;
+pub use moves::{ADOPT_PATH, AdoptAnswer, AdoptRequest, DrainReport, DrainRequest};
 mod persist;
 mod quarantine;
 mod recovery;
@@ -40,6 +43,7 @@ use ors_cluster::{Cluster, Identity, Role, Roles, Timing};
 use ors_scheduler::{Job, ScheduledStart, Scheduler, SchedulerConfig};
 use ors_scxml::Event;
 use ors_store::SessionStore;
+use ownership::Place;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -223,6 +227,8 @@ pub(crate) struct Shared {
     /// sent anywhere but to a peer (see [`Shared::peer_request`]).
     peer_http: reqwest::Client,
     next_id: AtomicU64,
+    /// Which sessions run here beyond those whose id names this node (`ownership.rs`).
+    ownership: ownership::Ownership,
 }
 
 impl Shared {
@@ -287,14 +293,46 @@ impl Shared {
 
     fn check_owner(&self, sid: &str) -> Result<(), RuntimeError> {
         self.serving()?;
-        match owner_node(sid) {
-            Some(node) if node == self.cfg.node_id => Ok(()),
-            Some(node) => Err(RuntimeError::WrongNode {
+        match self.ownership.locate(sid) {
+            Some(Place::Here) => Ok(()),
+            Some(Place::Moving) => Err(RuntimeError::Moving(sid.into())),
+            Some(Place::Node(node)) => Err(RuntimeError::WrongNode {
                 session: sid.into(),
-                node: node.into(),
+                node,
             }),
             None => Err(RuntimeError::NotFound(sid.into())),
         }
+    }
+
+    /// Where `sid` runs and that node's URL. The id's node, or what this process learned,
+    /// is tried first; when that node has no primary (a drained node that was stopped),
+    /// the store's record says where the session is now. `Ok(None)` for the URL: that node
+    /// has no primary either.
+    async fn whereabouts(&self, sid: &str) -> Result<Whereabouts, RuntimeError> {
+        let node = match self.ownership.locate(sid) {
+            None => return Err(RuntimeError::NotFound(sid.into())),
+            Some(Place::Here) => return Ok(Whereabouts::Here),
+            Some(Place::Moving) => return Ok(Whereabouts::Moving),
+            Some(Place::Node(node)) => node,
+        };
+        if let Some(url) = self.node_url(&node).await? {
+            return Ok(Whereabouts::Node {
+                node,
+                url: Some(url),
+            });
+        }
+        let Some(rec) = self.store.read_session(sid).await? else {
+            return Ok(Whereabouts::Node { node, url: None });
+        };
+        self.ownership.learn(sid, &rec.node);
+        if rec.node == self.cfg.node_id {
+            return Ok(Whereabouts::Here);
+        }
+        let url = self.node_url(&rec.node).await?;
+        Ok(Whereabouts::Node {
+            node: rec.node,
+            url,
+        })
     }
 
     async fn node_url(&self, node: &str) -> Result<Option<String>, RuntimeError> {
@@ -332,6 +370,22 @@ pub fn owner_node(sid: &str) -> Option<&str> {
         .filter(|node| valid_node_id(node))
 }
 
+/// Where a session runs, from this process's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Whereabouts {
+    /// This process serves it.
+    Here,
+    /// This node is moving it to another right now: retry shortly.
+    Moving,
+    /// Another node runs it.
+    Node {
+        /// That node.
+        node: String,
+        /// Its primary's external URL; `None` when it has no primary now.
+        url: Option<String>,
+    },
+}
+
 /// A handle to the running runtime; cheap to clone.
 #[derive(Clone)]
 pub struct Runtime {
@@ -367,6 +421,8 @@ impl Roles for RuntimeRoles {
         // The listing runs on its own task: the coordinator's task, which called this,
         // must go on renewing the lease however many sessions there are.
         shared.recovery.begin();
+        // Whatever this process knew of moves is rebuilt from the node's index below.
+        shared.ownership.reset();
         let shared = shared.clone();
         tokio::spawn(async move {
             match shared
@@ -389,6 +445,8 @@ impl Roles for RuntimeRoles {
                     }
                     shared.standby.end_resync();
                     for (sid, version) in listed {
+                        // Sessions moved here keep their ids, which name other nodes.
+                        shared.ownership.adopt(&sid);
                         let cmd = Command::Recover {
                             sid: sid.clone(),
                             version,
@@ -484,6 +542,7 @@ impl Runtime {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| RuntimeError::Internal(e.to_string()))?,
+            ownership: ownership::Ownership::new(&cfg.node_id),
             cfg,
             store,
             docs,
@@ -588,6 +647,13 @@ impl Runtime {
     /// the cluster's membership (`None`: the node has no live primary now).
     pub async fn node_url(&self, node: &str) -> Result<Option<String>, RuntimeError> {
         self.shared.node_url(node).await
+    }
+
+    /// Where session `sid` runs, and the URL of that node's primary (see
+    /// `ownership.rs`: the id's node is a hint; the store's record is the truth when the
+    /// hinted node has no primary).
+    pub async fn whereabouts(&self, sid: &str) -> Result<Whereabouts, RuntimeError> {
+        self.shared.whereabouts(sid).await
     }
 
     /// A hot standby's poll of this primary's changes (`GET /cluster/changes`): from

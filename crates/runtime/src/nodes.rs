@@ -10,7 +10,7 @@ use ors_scxml::Event;
 
 use crate::outbox::{Failure, Outgoing};
 use crate::worker::Command;
-use crate::{Shared, owner_node};
+use crate::{RuntimeError, Shared, Whereabouts};
 
 /// The path a node receives other nodes' events for session `sid` on.
 pub fn deliver_path(sid: &str) -> String {
@@ -34,16 +34,24 @@ pub(crate) async fn post(
     event: &Event,
     key: &str,
 ) -> Result<(), Failure> {
-    let node = owner_node(to)
-        .ok_or_else(|| Failure::Permanent(format!("\"{to}\" is not a session id")))?;
-    let url = match shared.node_url(node).await {
-        Ok(Some(url)) => url,
+    let (node, url) = match shared.whereabouts(to).await {
+        Ok(Whereabouts::Node {
+            node,
+            url: Some(url),
+        }) => (node, url),
+        Err(RuntimeError::NotFound(_)) => {
+            return Err(Failure::Permanent(format!("\"{to}\" is not a session id")));
+        }
         Err(e) => return Err(Failure::Transient(e.to_string())),
+        // Moved here meanwhile, or moving: the retry finds it.
+        Ok(Whereabouts::Here | Whereabouts::Moving) => {
+            return Err(Failure::Transient(format!("session {to} is moving")));
+        }
         // A node that ever ran has a lease record: it is between primaries (or down),
         // and the event waits for it. Without one there is no such node.
-        Ok(None) => {
+        Ok(Whereabouts::Node { node, url: None }) => {
             let why = format!("node {node} of session {to} has no primary");
-            return Err(match shared.store.read_lease(node).await {
+            return Err(match shared.store.read_lease(&node).await {
                 Ok(None) => Failure::Permanent(format!("{why}: there is no node {node}")),
                 _ => Failure::Transient(why),
             });

@@ -120,9 +120,11 @@ impl Failure {
     pub fn of(e: &crate::RuntimeError) -> Failure {
         use crate::RuntimeError as E;
         match e {
-            E::NotFound(_) | E::Quarantined { .. } | E::BadRequest(_) | E::WrongNode { .. } => {
+            E::NotFound(_) | E::Quarantined { .. } | E::BadRequest(_) => {
                 Failure::Permanent(e.to_string())
             }
+            // Moved to another node (a drain): the retry goes there.
+            E::WrongNode { .. } => Failure::Transient(e.to_string()),
             _ => Failure::Transient(e.to_string()),
         }
     }

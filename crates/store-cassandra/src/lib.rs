@@ -369,9 +369,7 @@ impl SessionStore for CassandraStore {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
         self.check_node_fence(to_node, fence).await?;
-        if fence < cur.fence {
-            return Err(StoreError::stale_fence(id, fence, cur.fence));
-        }
+        ors_store::record::check_move(id, &cur.node, to_node, fence, 0, cur.fence)?;
         self.run(&self.st.index_session, vec![v(to_node), v(id)])
             .await?;
         let vals = vec![
@@ -380,8 +378,8 @@ impl SessionStore for CassandraStore {
             v(cur.version as i64 + 1),
             v(id),
             v(cur.version as i64),
-            v(fence as i64),
         ];
+        // The version condition keeps the record as read (and checked) above.
         if let Some(row) = self.lwt(&self.st.move_session, vals).await? {
             return Err(self.session_conflict(id, &row, Some(cur.version), fence));
         }

@@ -257,7 +257,7 @@ impl Statements {
             ),
             delete_session: format!("DELETE FROM {ks}.sessions WHERE id = ? IF fence <= ?"),
             move_session: format!(
-                "UPDATE {ks}.sessions SET node = ?, fence = ?, version = ? WHERE id = ? IF version = ? AND fence <= ?"
+                "UPDATE {ks}.sessions SET node = ?, fence = ?, version = ? WHERE id = ? IF version = ?"
             ),
             index_session: format!("INSERT INTO {ks}.node_sessions (node, session) VALUES (?, ?)"),
             unindex_session: format!(
@@ -392,7 +392,7 @@ mod tests {
         for (stmt, n) in [
             (&s.create_session, 5),
             (&s.update_session, 8),
-            (&s.move_session, 6),
+            (&s.move_session, 5),
             (&s.put_schedule, 5),
             (&s.claim_schedule, 4),
             (&s.take_lease, 6),

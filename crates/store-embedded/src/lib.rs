@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ors_store::record::{self, StoredSchedule, check_fence, check_write};
+use ors_store::record::{self, StoredSchedule, check_fence, check_move, check_write};
 use ors_store::{
     Fence, Lease, Member, Result, ScheduleEntry, SessionRecord, SessionStore, SessionWrite,
     StoreError, node_lease, now_ms,
@@ -456,7 +456,7 @@ impl SessionStore for EmbeddedStore {
             let mut t = txn.open_table(SESSIONS).map_err(other)?;
             let mut rec = session_meta(&t, &id)?
                 .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
-            check_fence(&id, &to, fence, node_fence(txn, &to)?, Some(rec.fence))?;
+            check_move(&id, &rec.node, &to, fence, node_fence(txn, &to)?, rec.fence)?;
             let old = std::mem::replace(&mut rec.node, to.clone());
             rec.fence = fence;
             rec.version += 1;

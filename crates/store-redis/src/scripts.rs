@@ -122,7 +122,8 @@ local ver, f = tonumber(cur[1]), tonumber(cur[2])
 if not ver or not f then return {'corrupt'} end
 local nf = node_fence(2, 3)
 if fence < nf then return {'fenced', tostring(nf)} end
-if fence < f then return {'stale', tostring(f)} end
+-- Another node's tokens are not comparable with this record's (record::check_move).
+if cur[3] == ARGV[1] and fence < f then return {'stale', tostring(f)} end
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'fence', fence, 'ver', ver + 1)
 return {'ok', cur[3] or ''}
 "#

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::record::{StoredSchedule, check_fence, check_write};
+use crate::record::{StoredSchedule, check_fence, check_move, check_write};
 use crate::*;
 
 #[derive(Default)]
@@ -156,7 +156,7 @@ impl SessionStore for MemoryStore {
             .sessions
             .get(id)
             .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
-        check_fence(id, to_node, fence, g.node_fence(to_node), Some(r.fence))?;
+        check_move(id, &r.node, to_node, fence, g.node_fence(to_node), r.fence)?;
         let old = r.node.clone();
         g.by_node.remove(&(old, id.to_string()));
         g.by_node.insert((to_node.to_string(), id.to_string()));

@@ -189,6 +189,27 @@ pub fn check_fence(
     }
 }
 
+/// The fence check of a move of session `id` from `from` to `to`: the new node's lease
+/// always counts; the record's own token only when the session stays on its node, since
+/// tokens of different nodes' leases are not comparable (the node adopting a session may
+/// hold a smaller token than the old node's last writer).
+pub fn check_move(
+    id: &str,
+    from: &str,
+    to: &str,
+    given: Fence,
+    node_fence: Fence,
+    record_fence: Fence,
+) -> Result<(), StoreError> {
+    check_fence(
+        id,
+        to,
+        given,
+        node_fence,
+        (from == to).then_some(record_fence),
+    )
+}
+
 /// The checks every backend applies to a session write against the current record
 /// (`(version, fence)`) and the newest token of the node's lease.
 pub fn check_write(

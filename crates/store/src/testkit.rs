@@ -171,7 +171,8 @@ pub async fn session_lifecycle<H: Harness>(h: &H) {
     );
 }
 
-/// Fencing: a write, delete or move with an older token than the record's is refused.
+/// Fencing: a write, delete or move with an older token than the record's is refused
+/// (a move to another node: see below).
 pub async fn fencing<H: Harness>(h: &H) {
     let s = h.fresh().await;
     s.write_session(write("f", "n1", b"x", None, 5))
@@ -209,12 +210,28 @@ pub async fn fencing<H: Harness>(h: &H) {
         s.delete_session("f", 8).await,
         Err(StoreError::StaleFence { .. })
     ));
+    // A move within the record's node: the record's token counts.
     assert!(matches!(
-        s.move_session("f", "n1", 8).await,
+        s.move_session("f", "n2", 8).await,
         Err(StoreError::StaleFence { .. })
     ));
     assert_eq!(s.read_session("f").await.unwrap().unwrap().snapshot, b"z");
-    s.delete_session("f", 9).await.unwrap();
+    // A move to another node (a drain): tokens of different nodes' leases are not
+    // comparable, so only the new node's lease counts, and its holder may well have a
+    // smaller token than the old node's last writer.
+    s.move_session("f", "n1", 2).await.unwrap();
+    let moved = s.read_session("f").await.unwrap().unwrap();
+    assert_eq!(
+        (moved.node.as_str(), moved.version, moved.fence),
+        ("n1", 4, 2)
+    );
+    assert_eq!(
+        s.write_session(write("f", "n1", b"w", Some(4), 2))
+            .await
+            .unwrap(),
+        5
+    );
+    s.delete_session("f", 2).await.unwrap();
 }
 
 /// Node-wide fencing: once a node's lease is taken with a newer token, no write for that

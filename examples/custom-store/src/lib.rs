@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ors_store::record::{self, StoredSchedule, check_fence, check_write};
+use ors_store::record::{self, StoredSchedule, check_fence, check_move, check_write};
 use ors_store::{
     Fence, Lease, Member, Result, ScheduleEntry, SessionRecord, SessionStore, SessionWrite,
     StoreError, node_lease, now_ms,
@@ -211,7 +211,7 @@ impl SessionStore for FileStore {
             .session(id)?
             .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
         let node_fence = self.token(&node_lease(to_node))?;
-        check_fence(id, to_node, fence, node_fence, Some(r.fence))?;
+        check_move(id, &r.node, to_node, fence, node_fence, r.fence)?;
         r.node = to_node.into();
         r.fence = fence;
         r.version += 1;

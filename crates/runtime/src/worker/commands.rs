@@ -172,7 +172,14 @@ impl Worker {
                 }
                 self.shared.recovery.one_done();
             }
-            Command::Evict | Command::Shutdown { .. } => unreachable!("handled by the batch"),
+            Command::Adopt { sid } => {
+                if let Err(e) = self.ensure_loaded(&sid).await {
+                    tracing::warn!(session = %sid, error = %e, "could not load an adopted session");
+                }
+            }
+            Command::Evict | Command::Release { .. } | Command::Shutdown { .. } => {
+                unreachable!("handled by the batch")
+            }
         }
     }
 

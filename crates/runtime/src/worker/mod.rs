@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 use crate::persist::{Plan, SnapshotWrite, StoredSession, persist};
 use crate::standby::Change;
 use crate::workers::{Inbox, shard_of};
-use crate::{QueryResult, RuntimeError, Shared, now_ms, owner_node};
+use crate::{QueryResult, RuntimeError, Shared, now_ms};
 
 type Reply<T> = oneshot::Sender<Result<T, RuntimeError>>;
 
@@ -105,6 +105,18 @@ pub(crate) enum Command {
     },
     /// This process stepped down: forget every session (the new primary owns them).
     Evict,
+    /// These sessions (all of this worker) are moving to another node: drop them from
+    /// memory once this batch is durable. Each is answered `Ok` (its record is its whole
+    /// state now) or with why it stays (`moves.rs`).
+    Release {
+        sids: Vec<String>,
+        reply: oneshot::Sender<Vec<(String, Result<(), String>)>>,
+    },
+    /// This node adopted the session (its record was moved here): load it, so its
+    /// outbox is delivered and it is ready for its events.
+    Adopt {
+        sid: String,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -185,10 +197,10 @@ pub(crate) fn run(shared: Arc<Shared>, me: usize, mut inbox: Inbox, main: tokio:
         .build()
         .expect("a current-thread tokio runtime");
     let workers = shared.workers.count();
-    let node = shared.cfg.node_id.clone();
+    let here = shared.clone();
     let ids = shared.clone();
     let mut host = SessionHost::new(
-        Box::new(move |sid| owner_node(sid) == Some(node.as_str()) && shard_of(sid, workers) == me),
+        Box::new(move |sid| here.ownership.is_here(sid) && shard_of(sid, workers) == me),
         Box::new(move || ids.new_session_id()),
     );
     if let Some(file) = shared.breadcrumbs.clone() {
@@ -246,15 +258,28 @@ impl Worker {
         let mut batch = Batch::default();
         let mut stop = Vec::new();
         let mut evict = false;
+        let mut releases = Vec::new();
         for cmd in commands {
             match cmd {
                 Command::Shutdown { reply } => stop.push(reply),
                 Command::Evict => evict = true,
+                Command::Release { sids, reply } => releases.push((sids, reply)),
                 other => self.handle(other, &mut batch).await,
             }
         }
         self.drive(&mut batch).await;
         self.flush(batch).await;
+        // After the flush: what a released session did in this batch is in its record.
+        for (sids, reply) in releases {
+            let answers = sids
+                .into_iter()
+                .map(|sid| {
+                    let r = self.release(&sid);
+                    (sid, r)
+                })
+                .collect();
+            let _ = reply.send(answers);
+        }
         if evict {
             // After the flush: this batch's replies depend on its writes, which carry the
             // old fencing token and are refused if a successor wrote since.
@@ -272,9 +297,21 @@ impl Worker {
         stopping
     }
 
+    /// Drops a session that is moving away from memory. A session in an invoke tree
+    /// stays: its parent or children would lose their links to it.
+    fn release(&mut self, sid: &str) -> Result<(), String> {
+        if let Some(h) = self.host.get(sid) {
+            if h.parent.is_some() || !h.children.is_empty() {
+                return Err("it is part of an invoke tree (a parent or a child)".into());
+            }
+            self.host.remove(sid);
+            self.shared.workers.set_live(self.me, self.host.len());
+        }
+        Ok(())
+    }
+
     fn holds(&self, sid: &str) -> bool {
-        owner_node(sid) == Some(self.shared.cfg.node_id.as_str())
-            && self.shared.workers.shard(sid) == self.me
+        self.shared.ownership.is_here(sid) && self.shared.workers.shard(sid) == self.me
     }
 
     /// Runs a store call and waits for it: on the main runtime, unless the store is
@@ -485,6 +522,7 @@ impl Worker {
                     .finished
                     .record(&sid, h.session.active_atomic_states());
             }
+            self.shared.ownership.forget(&sid);
         }
         self.removals_left = outcome.removals_left;
         if !self.shared.holds_lease() && !batch.acks.is_empty() {

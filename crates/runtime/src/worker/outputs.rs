@@ -9,7 +9,7 @@ use ors_scxml::{Document, InvokeSource};
 
 use super::{Batch, Command, Worker};
 use crate::outbox::Outgoing;
-use crate::{ResponseData, RuntimeError, now_ms, owner_node};
+use crate::{ResponseData, RuntimeError, now_ms};
 
 impl Worker {
     pub(super) async fn carry_out(&mut self, out: Output, batch: &mut Batch) {
@@ -20,7 +20,7 @@ impl Worker {
                 if let Some(h) = self.host.get_mut(&from) {
                     h.meta.outbox.push(outgoing.clone());
                 }
-                if owner_node(&to) == Some(self.shared.cfg.node_id.as_str()) {
+                if self.shared.ownership.is_here(&to) {
                     let cmd = Command::Deliver {
                         from: from.clone(),
                         to: to.clone(),

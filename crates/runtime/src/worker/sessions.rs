@@ -63,6 +63,8 @@ impl Worker {
             .await??
             .ok_or_else(|| RuntimeError::NotFound(sid.to_string()))?;
         if rec.node != self.shared.cfg.node_id {
+            // Moved away (a drain): requests for it go there from now on.
+            self.shared.ownership.learn(sid, &rec.node);
             return Err(RuntimeError::WrongNode {
                 session: sid.into(),
                 node: rec.node,

@@ -1,0 +1,228 @@
+//! Draining a node under load, three real nodes on a real redis-server: node1's sessions
+//! move to node2 and node3 while clients keep sending events through node1; no
+//! acknowledged event is lost or run twice, every pending timer fires exactly once (on
+//! the node the session moved to), node1's index ends empty, and requests for a moved
+//! session follow `307`s to its new node, from node1 and, once node1 is gone, from any
+//! node (the store's record, not the id, says where it lives).
+
+mod e2e;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use serde_json::{Value, json};
+
+/// Counts `inc` events; a delayed send set on entry fires `tick` once.
+const COUNTER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
+  <datamodel><data id="n" expr="0"/><data id="ticks" expr="0"/></datamodel>
+  <state id="s">
+    <onentry><send event="tick" delay="6s"/></onentry>
+    <transition event="inc"><assign location="n" expr="n + 1"/></transition>
+    <transition event="tick"><assign location="ticks" expr="ticks + 1"/></transition>
+  </state>
+</scxml>"#;
+
+const TOKEN: &str = "t";
+const SESSIONS: usize = 300;
+
+/// A client that follows no redirect itself: the token must go along to the next node.
+fn bare_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// One call, following `307`s (with the token); the final status, its body, and the
+/// redirects taken.
+async fn call(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    key: Option<&str>,
+) -> Result<(u16, Value, Vec<String>), reqwest::Error> {
+    let mut url = url.to_string();
+    let mut hops = Vec::new();
+    loop {
+        let mut req = c.request(method.clone(), &url).bearer_auth(TOKEN);
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        if status == 307 && hops.len() < 5 {
+            url = r.headers()["location"].to_str().unwrap().to_string();
+            hops.push(url.clone());
+            continue;
+        }
+        let text = r.text().await?;
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        return Ok((status, v, hops));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers() {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = redis_nodes(
+        dir.path(),
+        &redis.url(),
+        &[TOKEN],
+        "[sessions]\nlease_ttl_ms = 1000\n",
+        &[("counter.scxml", COUNTER)],
+        3,
+    );
+    let c = bare_client();
+    let node1 = nodes[0].url.clone();
+    let mut sids = Vec::new();
+    for _ in 0..SESSIONS {
+        sids.push(start_with_token(&c, &node1, TOKEN, "counter.scxml").await);
+    }
+    let sids = Arc::new(sids);
+
+    // Load through node1 all along: each event has its own Idempotency-Key and is retried
+    // until answered 200 (a 503 while its session moves, a dropped connection).
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
+    let retries = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for w in 0..8usize {
+        let (c, sids, stop, acked, retries, node1) = (
+            c.clone(),
+            sids.clone(),
+            stop.clone(),
+            acked.clone(),
+            retries.clone(),
+            node1.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                let sid = &sids[i % sids.len()];
+                let key = format!("w{w}-{i}");
+                let url = format!("{node1}/scxml/session/{sid}/event/inc");
+                loop {
+                    match call(&c, reqwest::Method::POST, &url, Some(&key)).await {
+                        Ok((200, _, _)) => break,
+                        Ok((503, _, _)) | Err(_) => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Ok((status, body, _)) => panic!("{sid} inc: {status} {body}"),
+                    }
+                }
+                *acked.lock().unwrap().entry(sid.clone()).or_default() += 1;
+                i += 8;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (status, report, _) = call(
+        &c,
+        reqwest::Method::POST,
+        &format!("{node1}/cluster/drain"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{report}");
+    let moved: u64 = report["moved"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(moved as usize, SESSIONS, "{report}");
+    assert_eq!(report["kept_count"], 0, "{report}");
+    for node in ["node2", "node3"] {
+        assert!(
+            report["moved"][node].as_u64().unwrap() > 0,
+            "both other nodes take some: {report}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in clients {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.values().sum::<u64>() > SESSIONS as u64,
+        "the load ran: {acked:?}"
+    );
+
+    // node1 keeps none; the others hold them all.
+    let (_, page, _) = call(
+        &c,
+        reqwest::Method::GET,
+        &format!("{node1}/scxml/sessions?node=node1"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(page["sessions"].as_array().unwrap().len(), 0, "{page}");
+
+    // Every acknowledged event ran exactly once, and the timer fired once, on the new
+    // node (it was due 6 s after the start, after the drain).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut owners: HashMap<String, String> = HashMap::new();
+    for sid in sids.iter() {
+        loop {
+            let url = format!("{node1}/scxml/session/{sid}/query");
+            let (status, q, hops) = call(&c, reqwest::Method::GET, &url, None).await.unwrap();
+            assert_eq!(status, 200, "{sid}: {q}");
+            assert_eq!(
+                hops.len(),
+                1,
+                "node1 redirects {sid} to its new node: {hops:?}"
+            );
+            let dm = &q["datamodel"];
+            let want = acked.get(sid).copied().unwrap_or(0);
+            assert_eq!(dm["n"], json!(want), "{sid}: acknowledged events");
+            if dm["ticks"] == json!(1) {
+                let owner = nodes
+                    .iter()
+                    .position(|n| hops[0].starts_with(&n.url))
+                    .expect("a node's URL");
+                owners.insert(sid.clone(), format!("node{}", owner + 1));
+                break;
+            }
+            assert_eq!(dm["ticks"], json!(0), "{sid}: the timer fired once");
+            assert!(Instant::now() < deadline, "{sid}: its timer never fired");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(owners.values().all(|n| n == "node2" || n == "node3"));
+
+    // With node1 gone, node3 finds node2's sessions from the store's record.
+    nodes[0].kill9();
+    let on_node2 = owners
+        .iter()
+        .find(|(_, n)| *n == "node2")
+        .map(|(s, _)| s.clone())
+        .unwrap();
+    let url = format!("{}/scxml/session/{on_node2}/query", nodes[2].url);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // Until node1's membership entry expires, node3 sends it to node1, which is dead.
+        let answer = call(&c, reqwest::Method::GET, &url, None).await;
+        if let Ok((200, q, hops)) = &answer {
+            assert!(hops.last().unwrap().starts_with(&nodes[1].url), "{hops:?}");
+            assert_eq!(q["datamodel"]["ticks"], json!(1));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing more fires: the timers are gone from the store.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, q, _) = call(&c, reqwest::Method::GET, &url, None).await.unwrap();
+    assert_eq!(q["datamodel"]["ticks"], json!(1));
+}
