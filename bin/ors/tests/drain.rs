@@ -124,15 +124,20 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let (status, report, _) = call(
-        &c,
-        reqwest::Method::POST,
-        &format!("{node1}/cluster/drain"),
-        None,
-    )
+    // The drain, through the CLI (`POST /cluster/drain`).
+    let url = node1.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ors"))
+            .args([
+                "sessions", "--url", &url, "--token", TOKEN, "--json", "drain",
+            ])
+            .output()
+    })
     .await
+    .unwrap()
     .unwrap();
-    assert_eq!(status, 200, "{report}");
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let moved: u64 = report["moved"]
         .as_object()
         .unwrap()

@@ -163,20 +163,30 @@ fn event_urls(url: &str, ids: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// `n` nodes (one process each) on one redis-server; each session's events go to its
-/// own node. The clients and every node share this machine's cores.
-async fn nodes(bin: &str, n: usize) {
+/// `n` nodes (`node1`...), one process each, on one new redis-server, serving `DOC` as
+/// `bench.scxml`; the server and the directory live as long as the returned guards.
+fn redis_cluster(
+    bin: &str,
+    n: usize,
+) -> (ors_testsupport::RedisServer, tempfile::TempDir, Vec<Server>) {
     let redis = ors_testsupport::RedisServer::start(false);
     let url = redis.url();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bench.scxml"), DOC).unwrap();
-    let servers: Vec<Server> = (1..=n)
+    let servers = (1..=n)
         .map(|k| {
             let node = format!("node{k}");
             let args = ["--store", "redis", "--redis-url", &url, "--node-id", &node];
             start_server(bin, &dir.path().join(&node), dir.path(), &args)
         })
         .collect();
+    (redis, dir, servers)
+}
+
+/// `n` nodes (one process each) on one redis-server; each session's events go to its
+/// own node. The clients and every node share this machine's cores.
+async fn nodes(bin: &str, n: usize) {
+    let (_redis, _dir, servers) = redis_cluster(bin, n);
     let c = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
         .build()
@@ -191,6 +201,69 @@ async fn nodes(bin: &str, n: usize) {
         "redis, {n} node(s)  durable events/s {rate:>8.0}  p50 {:>6.2} ms  p99 {:>6.2} ms  ({CLIENTS} clients, {SESSIONS} sessions)",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
+    );
+}
+
+/// `--drain N`: N sessions started on node1 of a three-node cluster on one redis-server,
+/// then `POST /cluster/drain` to node1: how long until they all run on node2 and node3.
+/// Afterwards one event per session is sent through node1 (following its `307`) and must
+/// be answered, so every session was moved whole.
+async fn drain(bin: &str, n: usize) {
+    let (_redis, _dir, servers) = redis_cluster(bin, 3);
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    // Every node must see the others as members first.
+    loop {
+        let m: serde_json::Value = c
+            .get(format!("{}/cluster/members", servers[0].url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if m["members"].as_array().map_or(0, |a| a.len()) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ids, started) = start_sessions(&c, &servers[0].url, n).await;
+    let t = Instant::now();
+    let r = c
+        .post(format!("{}/cluster/drain", servers[0].url))
+        .send()
+        .await
+        .expect("drain");
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = r.json().await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(report["kept_count"], 0, "{report}");
+    // One event each through node1, redirected to the session's new node.
+    let targets = event_urls(&servers[0].url, &ids);
+    let next = Arc::new(AtomicUsize::new(0));
+    let targets = Arc::new(targets);
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (c, next, targets) = (c.clone(), next.clone(), targets.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(url) = targets.get(i) else { break };
+                let r = c.post(url).send().await.expect("event");
+                assert_eq!(r.status(), 200, "{url}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "drain     {n} sessions from node1 to node2 and node3 in {secs:.2} s ({:.0} sessions/s; moved {}); started {started:.0}/s; every moved session answered an event through node1",
+        n as f64 / secs,
+        report["moved"]
     );
 }
 
@@ -287,6 +360,10 @@ async fn main() {
         let redis = ors_testsupport::RedisServer::start(false);
         let url = redis.url();
         relay("redis", &bin, &["--store", "redis", "--redis-url", &url]).await;
+        return;
+    }
+    if let Some(n) = arg("--drain").and_then(|v| v.parse::<usize>().ok()) {
+        drain(&bin, n).await;
         return;
     }
     // `--nodes 1,2,3`: only the cluster figures.
