@@ -1,5 +1,5 @@
 //! `ors sessions`: look at and drive the sessions of a running server from the command
-//! line (`list`, `show`, `send`, `terminate`, `drain`), as tables for people or `--json` for
+//! line (`list`, `show`, `send`, `terminate`, `drain`, `rebalance`), as tables for people or `--json` for
 //! scripts. Talks to the REST API; follows the `307`s of a cluster itself, so the bearer
 //! token goes along to whichever node owns a session.
 
@@ -59,6 +59,9 @@ enum SessionsCommand {
     },
     /// End a session.
     Terminate { id: String },
+    /// Even out the sessions over the cluster's nodes (after a node joined): nodes with
+    /// more than their share move the surplus to nodes with less.
+    Rebalance,
     /// Move the sessions of the node at --url to other nodes of the cluster (all of
     /// them, or --limit), and print where they went. They keep their ids; requests for
     /// them are redirected to their new nodes.
@@ -201,6 +204,29 @@ async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
                     println!("stayed: {} ({})", text(&k[0]), text(&k[1]));
                 }
                 println!("in {} ms", r["elapsed_ms"]);
+            }
+        }
+        SessionsCommand::Rebalance => {
+            let url = endpoint(base, &["cluster", "rebalance"])?;
+            let r = api.call(Method::POST, url.as_str(), None).await?;
+            if args.json {
+                println!("{r}");
+            } else {
+                let rows: Vec<[String; 3]> = r["before"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(node, n)| {
+                        let moved: u64 = r["drains"][node]["moved"]
+                            .as_object()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|(_, n)| n.as_u64())
+                            .sum();
+                        [node.clone(), n.to_string(), moved.to_string()]
+                    })
+                    .collect();
+                print_table(&["NODE", "SESSIONS BEFORE", "MOVED AWAY"], &rows);
             }
         }
         SessionsCommand::Terminate { id } => {

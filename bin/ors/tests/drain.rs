@@ -1,9 +1,10 @@
 //! Draining a node under load, three real nodes on a real redis-server: node1's sessions
-//! move to node2 and node3 while clients keep sending events through node1; no
-//! acknowledged event is lost or run twice, every pending timer fires exactly once (on
-//! the node the session moved to), node1's index ends empty, and requests for a moved
-//! session follow `307`s to its new node, from node1 and, once node1 is gone, from any
-//! node (the store's record, not the id, says where it lives).
+//! move to node2 and node3 while clients keep sending events through node1, and each
+//! event makes its session send one to another session (moving too); no acknowledged
+//! event is lost or run twice, no event between sessions either, every pending timer
+//! fires exactly once (on the node the session moved to), node1's index ends empty, and
+//! requests for a moved session follow `307`s to its new node, from node1 and, once node1
+//! is gone, from any node (the store's record, not the id, says where it lives).
 
 mod e2e;
 
@@ -13,20 +14,27 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::*;
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
-/// Counts `inc` events; a delayed send set on entry fires `tick` once.
+/// Counts `inc` events, each of which sends `ping` to the session `_event.data.peer`, and
+/// counts pings; a delayed send set on entry fires `tick` once.
 const COUNTER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript">
-  <datamodel><data id="n" expr="0"/><data id="ticks" expr="0"/></datamodel>
+  <datamodel><data id="n" expr="0"/><data id="pings" expr="0"/><data id="ticks" expr="0"/></datamodel>
   <state id="s">
     <onentry><send event="tick" delay="6s"/></onentry>
-    <transition event="inc"><assign location="n" expr="n + 1"/></transition>
+    <transition event="inc">
+      <assign location="n" expr="n + 1"/>
+      <send event="ping" targetexpr="'#_scxml_' + _event.data.peer"/>
+    </transition>
+    <transition event="ping"><assign location="pings" expr="pings + 1"/></transition>
     <transition event="tick"><assign location="ticks" expr="ticks + 1"/></transition>
   </state>
 </scxml>"#;
 
 const TOKEN: &str = "t";
-const SESSIONS: usize = 300;
+const SESSIONS: usize = 2000;
+const CLIENTS: usize = 16;
 
 /// A client that follows no redirect itself: the token must go along to the next node.
 fn bare_client() -> reqwest::Client {
@@ -45,6 +53,7 @@ async fn call(
     method: reqwest::Method,
     url: &str,
     key: Option<&str>,
+    form: &[(&str, &str)],
 ) -> Result<(u16, Value, Vec<String>), reqwest::Error> {
     let mut url = url.to_string();
     let mut hops = Vec::new();
@@ -52,6 +61,9 @@ async fn call(
         let mut req = c.request(method.clone(), &url).bearer_auth(TOKEN);
         if let Some(k) = key {
             req = req.header("idempotency-key", k);
+        }
+        if !form.is_empty() {
+            req = req.form(form);
         }
         let r = req.send().await?;
         let status = r.status().as_u16();
@@ -64,6 +76,23 @@ async fn call(
         let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
         return Ok((status, v, hops));
     }
+}
+
+/// `ors sessions --url URL --token T --json COMMAND`: its JSON output.
+async fn ors_sessions_cli(url: &str, command: &'static str) -> Value {
+    let url = url.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ors"))
+            .args([
+                "sessions", "--url", &url, "--token", TOKEN, "--json", command,
+            ])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -80,24 +109,28 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
     );
     let c = bare_client();
     let node1 = nodes[0].url.clone();
-    let mut sids = Vec::new();
-    for _ in 0..SESSIONS {
-        sids.push(start_with_token(&c, &node1, TOKEN, "counter.scxml").await);
-    }
+    let sids: Vec<String> = futures_util::stream::iter(0..SESSIONS)
+        .map(|_| start_with_token(&c, &node1, TOKEN, "counter.scxml"))
+        .buffer_unordered(32)
+        .collect()
+        .await;
     let sids = Arc::new(sids);
 
     // Load through node1 all along: each event has its own Idempotency-Key and is retried
     // until answered 200 (a 503 while its session moves, a dropped connection).
     let stop = Arc::new(AtomicBool::new(false));
+    // Per session: `inc`s acknowledged, and pings it is owed by them.
     let acked: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
+    let owed: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
     let retries = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
-    for w in 0..8usize {
-        let (c, sids, stop, acked, retries, node1) = (
+    for w in 0..CLIENTS {
+        let (c, sids, stop, acked, owed, retries, node1) = (
             c.clone(),
             sids.clone(),
             stop.clone(),
             acked.clone(),
+            owed.clone(),
             retries.clone(),
             node1.clone(),
         );
@@ -105,10 +138,12 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
             let mut i = w;
             while !stop.load(Ordering::Relaxed) {
                 let sid = &sids[i % sids.len()];
+                let peer = &sids[(i * 7 + 1) % sids.len()];
                 let key = format!("w{w}-{i}");
                 let url = format!("{node1}/scxml/session/{sid}/event/inc");
+                let form = [("peer", peer.as_str())];
                 loop {
-                    match call(&c, reqwest::Method::POST, &url, Some(&key)).await {
+                    match call(&c, reqwest::Method::POST, &url, Some(&key), &form).await {
                         Ok((200, _, _)) => break,
                         Ok((503, _, _)) | Err(_) => {
                             retries.fetch_add(1, Ordering::Relaxed);
@@ -118,26 +153,15 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
                     }
                 }
                 *acked.lock().unwrap().entry(sid.clone()).or_default() += 1;
-                i += 8;
+                *owed.lock().unwrap().entry(peer.clone()).or_default() += 1;
+                i += CLIENTS;
             }
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The drain, through the CLI (`POST /cluster/drain`).
-    let url = node1.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ors"))
-            .args([
-                "sessions", "--url", &url, "--token", TOKEN, "--json", "drain",
-            ])
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = ors_sessions_cli(&node1, "drain").await;
     let moved: u64 = report["moved"]
         .as_object()
         .unwrap()
@@ -158,10 +182,14 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
         t.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.values().sum::<u64>() > SESSIONS as u64,
-        "the load ran: {acked:?}"
+    let owed = owed.lock().unwrap().clone();
+    let sent: u64 = acked.values().sum();
+    eprintln!(
+        "drain: {} ms; {sent} events acknowledged, {} answered 503 and retried",
+        report["elapsed_ms"],
+        retries.load(Ordering::Relaxed)
     );
+    assert!(sent >= 500, "the load ran: {sent} events");
 
     // node1 keeps none; the others hold them all.
     let (_, page, _) = call(
@@ -169,6 +197,7 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
         reqwest::Method::GET,
         &format!("{node1}/scxml/sessions?node=node1"),
         None,
+        &[],
     )
     .await
     .unwrap();
@@ -181,7 +210,9 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
     for sid in sids.iter() {
         loop {
             let url = format!("{node1}/scxml/session/{sid}/query");
-            let (status, q, hops) = call(&c, reqwest::Method::GET, &url, None).await.unwrap();
+            let (status, q, hops) = call(&c, reqwest::Method::GET, &url, None, &[])
+                .await
+                .unwrap();
             assert_eq!(status, 200, "{sid}: {q}");
             assert_eq!(
                 hops.len(),
@@ -191,7 +222,15 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
             let dm = &q["datamodel"];
             let want = acked.get(sid).copied().unwrap_or(0);
             assert_eq!(dm["n"], json!(want), "{sid}: acknowledged events");
-            if dm["ticks"] == json!(1) {
+            let pings = dm["pings"].as_u64().unwrap();
+            let owed = owed.get(sid).copied().unwrap_or(0);
+            assert!(
+                pings <= owed,
+                "{sid}: {pings} pings, {owed} sent: one ran twice"
+            );
+            let ticks = dm["ticks"].as_u64().unwrap();
+            assert!(ticks <= 1, "{sid}: the timer fired {ticks} times");
+            if ticks == 1 && pings == owed {
                 let owner = nodes
                     .iter()
                     .position(|n| hops[0].starts_with(&n.url))
@@ -199,8 +238,10 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
                 owners.insert(sid.clone(), format!("node{}", owner + 1));
                 break;
             }
-            assert_eq!(dm["ticks"], json!(0), "{sid}: the timer fired once");
-            assert!(Instant::now() < deadline, "{sid}: its timer never fired");
+            assert!(
+                Instant::now() < deadline,
+                "{sid}: the timer fired {ticks} times, and {pings} of {owed} pings arrived"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -217,7 +258,7 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         // Until node1's membership entry expires, node3 sends it to node1, which is dead.
-        let answer = call(&c, reqwest::Method::GET, &url, None).await;
+        let answer = call(&c, reqwest::Method::GET, &url, None, &[]).await;
         if let Ok((200, q, hops)) = &answer {
             assert!(hops.last().unwrap().starts_with(&nodes[1].url), "{hops:?}");
             assert_eq!(q["datamodel"]["ticks"], json!(1));
@@ -228,6 +269,119 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
     }
     // Nothing more fires: the timers are gone from the store.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (_, q, _) = call(&c, reqwest::Method::GET, &url, None).await.unwrap();
+    let (_, q, _) = call(&c, reqwest::Method::GET, &url, None, &[])
+        .await
+        .unwrap();
     assert_eq!(q["datamodel"]["ticks"], json!(1));
+}
+
+/// Sessions of a node per the store's index, through any node.
+async fn count_on(c: &reqwest::Client, url: &str, node: &str) -> usize {
+    let mut n = 0;
+    let mut after = String::new();
+    loop {
+        let page_url = format!("{url}/scxml/sessions?node={node}&limit=1000&after={after}");
+        let (status, page, _) = call(c, reqwest::Method::GET, &page_url, None, &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{page}");
+        let list = page["sessions"].as_array().unwrap();
+        n += list.len();
+        match page["next"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => return n,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_joins_gets_its_share_by_a_rebalance() {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[sessions]\nlease_ttl_ms = 1000\n";
+    let nodes = redis_nodes(
+        dir.path(),
+        &redis.url(),
+        &[TOKEN],
+        config,
+        &[("counter.scxml", COUNTER)],
+        2,
+    );
+    let c = bare_client();
+    let start_on = |url: String, n: usize| {
+        let c = c.clone();
+        async move {
+            futures_util::stream::iter(0..n)
+                .map(|_| start_with_token(&c, &url, TOKEN, "counter.scxml"))
+                .buffer_unordered(16)
+                .collect::<Vec<String>>()
+                .await
+        }
+    };
+    let mut sids = start_on(nodes[0].url.clone(), 300).await;
+    sids.extend(start_on(nodes[1].url.clone(), 100).await);
+
+    // node3 joins.
+    let tokens = dir.path().join("tokens");
+    let node3 = Server::start(
+        &dir.path().join("3"),
+        &dir.path().join("docs"),
+        config,
+        &[
+            "--store",
+            "redis",
+            "--redis-url",
+            &redis.url(),
+            "--node-id",
+            "node3",
+            "--api-tokens-file",
+            tokens.to_str().unwrap(),
+        ],
+    );
+    node3.until_primary();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m, _) = call(
+            &c,
+            reqwest::Method::GET,
+            &format!("{}/cluster/members", nodes[1].url),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+        if m["members"].as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node3 never joined: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Asked of node2 (any node), through the CLI.
+    let report = ors_sessions_cli(&nodes[1].url, "rebalance").await;
+    assert_eq!(
+        report["before"],
+        json!({"node1": 300, "node2": 100, "node3": 0})
+    );
+
+    // 400 over three: at most 134 each; node1 gave 166 (34 to node2, 132 to node3 or so).
+    let mut counts = Vec::new();
+    for node in ["node1", "node2", "node3"] {
+        counts.push(count_on(&c, &nodes[0].url, node).await);
+    }
+    assert_eq!(counts.iter().sum::<usize>(), 400, "{counts:?} {report}");
+    assert!(
+        counts.iter().all(|n| (132..=134).contains(n)),
+        "{counts:?} {report}"
+    );
+
+    // Every session still answers, through node1, wherever it runs now.
+    for sid in &sids {
+        let url = format!("{}/scxml/session/{sid}/event/inc", nodes[0].url);
+        let peer = [("peer", sid.as_str())];
+        let (status, body, _) = call(&c, reqwest::Method::POST, &url, None, &peer)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{sid}: {body}");
+    }
 }

@@ -177,7 +177,8 @@ pub fn router(rt: Runtime, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -
         .route("/cluster/members", get(members))
         .route("/cluster/changes", get(changes))
         // Outside the timeout: a drain of many sessions takes a while.
-        .route("/cluster/drain", post(drain))
+        .route(ors_runtime::DRAIN_PATH, post(drain))
+        .route("/cluster/rebalance", post(rebalance))
         .route(ors_runtime::ADOPT_PATH, post(adopt))
         .route(ors_cluster::WATCH_PATH, get(watch))
         // Outermost: nothing answers an unauthenticated request, not even with a 307.
@@ -747,6 +748,15 @@ async fn drain(State(s): State<AppState>, body: Bytes) -> Response {
         },
     };
     match s.rt.drain(req).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => runtime_error(e),
+    }
+}
+
+/// `POST /cluster/rebalance`: nodes with more than their share of the sessions drain the
+/// surplus to nodes with less (after a node joined). Answered when done.
+async fn rebalance(State(s): State<AppState>) -> Response {
+    match s.rt.rebalance().await {
         Ok(report) => axum::Json(report).into_response(),
         Err(e) => runtime_error(e),
     }

@@ -25,7 +25,9 @@ mod nodes;
 pub mod outbound;
 mod outbox;
 mod ownership;
-pub use moves::{ADOPT_PATH, AdoptAnswer, AdoptRequest, DrainReport, DrainRequest};
+pub use moves::{
+    ADOPT_PATH, AdoptAnswer, AdoptRequest, DRAIN_PATH, DrainReport, DrainRequest, RebalanceReport,
+};
 mod persist;
 mod quarantine;
 mod recovery;

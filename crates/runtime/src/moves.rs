@@ -1,5 +1,6 @@
 //! Moving sessions between nodes: draining a node (all or some of its sessions go to
-//! the others) and adopting them. A moved session keeps its id (`ownership.rs` says how
+//! the others), adopting them, and rebalancing (nodes with more than their share drain
+//! the surplus to those with less). A moved session keeps its id (`ownership.rs` says how
 //! requests still find it).
 //!
 //! The moving node, for a chunk of sessions at a time:
@@ -43,7 +44,7 @@ pub struct DrainRequest {
 }
 
 /// What a drain did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DrainReport {
     /// Sessions moved, per node they went to.
     pub moved: BTreeMap<String, usize>,
@@ -53,6 +54,18 @@ pub struct DrainReport {
     pub kept_count: usize,
     /// How long it took.
     pub elapsed_ms: u64,
+}
+
+impl DrainReport {
+    fn merge(&mut self, other: DrainReport) {
+        for (node, n) in other.moved {
+            *self.moved.entry(node).or_default() += n;
+        }
+        self.kept_count += other.kept_count;
+        let room = 100usize.saturating_sub(self.kept.len());
+        self.kept.extend(other.kept.into_iter().take(room));
+        self.elapsed_ms += other.elapsed_ms;
+    }
 }
 
 /// What `POST /cluster/adopt` carries.
@@ -208,15 +221,26 @@ impl Runtime {
 
     /// Step 3: `POST /cluster/adopt` to the adopting node's primary.
     async fn ask_adopt(&self, url: &str, sids: &[String]) -> Result<AdoptAnswer, String> {
-        let target = format!("{}{ADOPT_PATH}", url.trim_end_matches('/'));
         let body = AdoptRequest {
             from: self.shared.cfg.node_id.clone(),
             sessions: sids.to_vec(),
         };
+        self.post_peer(url, ADOPT_PATH, &body).await
+    }
+
+    /// A JSON POST to another process of the cluster (with the peer token), and its JSON
+    /// answer; an error says what failed.
+    async fn post_peer<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, String> {
+        let target = format!("{}{path}", url.trim_end_matches('/'));
         let r = self
             .shared
             .peer_request(reqwest::Method::POST, &target)
-            .json(&body)
+            .json(body)
             .send()
             .await
             .map_err(|e| format!("POST {target} failed: {e}"))?;
@@ -267,5 +291,94 @@ impl Runtime {
         }
         tracing::info!(from = %req.from, adopted = answer.adopted.len(), refused = answer.refused.len(), "adopted sessions");
         Ok(answer)
+    }
+}
+
+/// What a rebalance did: the sessions per node before, and each drain it asked for.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RebalanceReport {
+    /// Sessions per node (with a primary) before.
+    pub before: BTreeMap<String, usize>,
+    /// The drain of each node that had more than its share.
+    pub drains: BTreeMap<String, DrainReport>,
+}
+
+/// Where a rebalance asks a node to drain some of its sessions.
+pub const DRAIN_PATH: &str = "/cluster/drain";
+
+impl Runtime {
+    /// Evens out the sessions over the nodes that have a primary (after a node joined):
+    /// every node with more than its share (the total divided by the nodes, rounded up)
+    /// drains the surplus to the nodes with less, each getting what it lacks. Sessions per
+    /// node come from the store's index.
+    pub async fn rebalance(&self) -> Result<RebalanceReport, RuntimeError> {
+        let shared = &self.shared;
+        shared.serving()?;
+        let mut primaries: BTreeMap<String, String> = BTreeMap::new();
+        for m in self.members().await?.iter() {
+            if m.role == "primary" && !m.advertise_url.is_empty() {
+                primaries.insert(m.node.clone(), m.advertise_url.clone());
+            }
+        }
+        primaries.entry(shared.cfg.node_id.clone()).or_default();
+        let mut report = RebalanceReport::default();
+        for node in primaries.keys() {
+            let n = shared.store.node_sessions(node).await?.len();
+            report.before.insert(node.clone(), n);
+        }
+        let total: usize = report.before.values().sum();
+        let share = total.div_ceil(primaries.len());
+        // Surpluses are paired with deficits, largest first: one drain per pair.
+        let mut under: Vec<(String, usize)> = report
+            .before
+            .iter()
+            .filter(|(_, n)| **n < share)
+            .map(|(node, n)| (node.clone(), share - n))
+            .collect();
+        under.sort_by_key(|(_, deficit)| std::cmp::Reverse(*deficit));
+        let over: Vec<(String, usize)> = report
+            .before
+            .iter()
+            .filter(|(_, n)| **n > share)
+            .map(|(node, n)| (node.clone(), n - share))
+            .collect();
+        for (node, mut surplus) in over {
+            let mut merged = DrainReport::default();
+            for (to, deficit) in under.iter_mut() {
+                let k = surplus.min(*deficit);
+                if k == 0 {
+                    continue;
+                }
+                let req = DrainRequest {
+                    to: vec![to.clone()],
+                    limit: Some(k),
+                };
+                let drained = match node == shared.cfg.node_id {
+                    true => self.drain(req).await,
+                    false => self.ask_drain(&primaries[&node], &req).await,
+                };
+                match drained {
+                    Ok(r) => {
+                        let moved: usize = r.moved.values().sum();
+                        surplus -= moved.min(surplus);
+                        *deficit -= moved.min(*deficit);
+                        merged.merge(r);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%node, %to, error = %e, "rebalance: a drain failed")
+                    }
+                }
+            }
+            report.drains.insert(node, merged);
+        }
+        Ok(report)
+    }
+
+    /// `POST /cluster/drain` to another node's primary.
+    async fn ask_drain(&self, url: &str, req: &DrainRequest) -> Result<DrainReport, RuntimeError> {
+        let body = serde_json::json!({ "to": req.to, "limit": req.limit });
+        self.post_peer(url, DRAIN_PATH, &body)
+            .await
+            .map_err(RuntimeError::Store)
     }
 }
