@@ -28,6 +28,30 @@ fn config(redis: &str, watch_ms: u64) -> String {
     )
 }
 
+/// Three nodes on a new redis-server (store and feed) with call watching after
+/// `watch_ms`, serving `call.scxml`; the guards, and the nodes' URLs.
+fn three_nodes(
+    watch_ms: u64,
+) -> (
+    ors_testsupport::RedisServer,
+    tempfile::TempDir,
+    Vec<Server>,
+    Vec<String>,
+) {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = redis_nodes(
+        tmp.path(),
+        &redis.url(),
+        &[TOKEN],
+        &config(&redis.url(), watch_ms),
+        &[("call.scxml", CALL)],
+        3,
+    );
+    let urls = nodes.iter().map(|s| s.url.clone()).collect();
+    (redis, tmp, nodes, urls)
+}
+
 /// Feeds interactions `ids` through `POST /interactions`, round-robin over `urls`.
 async fn feed(c: &reqwest::Client, urls: &[String], ids: &[String]) {
     futures_util::stream::iter(ids.iter().enumerate())
@@ -119,19 +143,9 @@ async fn sessions_of(c: &reqwest::Client, url: &str, ids: &[String]) -> HashMap<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fed_interaction_gets_exactly_one_session_spread_evenly() {
     const N: usize = 10_000;
-    let redis = ors_testsupport::RedisServer::start(false);
-    let tmp = tempfile::tempdir().unwrap();
     // The ORS default of 5 s: with a shorter one, a reserved node takes over what a busy
     // assigned node has not reached yet, which is right but skews the spread.
-    let nodes = redis_nodes(
-        tmp.path(),
-        &redis.url(),
-        &[TOKEN],
-        &config(&redis.url(), 5_000),
-        &[("call.scxml", CALL)],
-        3,
-    );
-    let urls: Vec<String> = nodes.iter().map(|s| s.url.clone()).collect();
+    let (_redis, _tmp, _nodes, urls) = three_nodes(5_000);
     let c = client();
     let ids: Vec<String> = (0..N).map(|i| format!("call-{i}")).collect();
     feed(&c, &urls, &ids).await;
@@ -425,4 +439,62 @@ async fn a_paused_assigned_node_resumes_without_creating_a_second_session() {
     let by_interaction = sessions_of(&c, &nodes[0].url, &ids).await;
     let distinct: HashSet<&String> = by_interaction.values().collect();
     assert_eq!(distinct.len(), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_events_reach_sessions_that_a_drain_moves() {
+    const N: usize = 300;
+    let (_redis, _tmp, _nodes, urls) = three_nodes(1_000);
+    let c = client();
+    let ids: Vec<String> = (0..N).map(|i| format!("moved-{i}")).collect();
+    feed(&c, &urls, &ids).await;
+    let before = until_sessions(&c, &urls[0], N, 60).await;
+    let on_node1 = before.iter().filter(|(_, n)| n == "node1").count();
+    assert!(on_node1 > 0, "{before:?}");
+
+    // node1 is drained while every interaction's `released` event is fed.
+    let drain = {
+        let (c, url) = (c.clone(), urls[0].clone());
+        tokio::spawn(async move {
+            let r = c
+                .post(format!("{url}/cluster/drain"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        })
+    };
+    futures_util::stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let url = format!("{}/interactions", urls[i % 3]);
+            let c = c.clone();
+            async move {
+                let body = json!({ "id": id, "kind": "event", "event": "released" });
+                let r = c.post(url).bearer_auth(TOKEN).json(&body).send().await;
+                assert_eq!(r.unwrap().status(), 202);
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+    let report = drain.await.unwrap();
+    assert_eq!(report["kept_count"], 0, "{report}");
+
+    // Every session ended: each event reached its session, wherever it ran then.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = all_sessions(&c, &urls[1]).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} sessions never got their event: {:?}",
+            left.len(),
+            &left[..left.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -286,23 +286,33 @@ impl Node {
             }
             return;
         };
-        if !matches!(
-            self.ctx.rt.whereabouts(&sid).await,
-            Ok(ors_runtime::Whereabouts::Here)
-        ) {
-            return; // the node that runs it delivers it
+        // Who delivers: the node that runs the session (or is moving it), and the node its
+        // id names. While a session moves, nodes read an entry at different moments: one
+        // of these two is sure to see it as theirs. Both deliver it wherever the session
+        // runs then, with the entry id in the key, so it runs once (a feed read again
+        // after a takeover does not run it twice either).
+        let me = self.ctx.rt.node_id();
+        let responsible = ors_runtime::owner_node(&sid) == Some(me)
+            || matches!(
+                self.ctx.rt.whereabouts(&sid).await,
+                Ok(ors_runtime::Whereabouts::Here | ors_runtime::Whereabouts::Moving)
+            );
+        if !responsible {
+            return;
         }
         let data = (!data.is_null()).then(|| data.clone());
-        // The entry id as the idempotency key: a feed read again after a takeover does not
-        // run the event twice.
-        let key = Some(format!("feed-{entry}"));
-        if let Err(e) = self
-            .ctx
-            .rt
-            .send_event_once(&sid, Event::external(event.clone(), data), key)
-            .await
-        {
-            tracing::warn!(interaction = %it.id, session = %sid, error = %e, "delivering an interaction event failed");
+        let key = format!("feed#{entry}");
+        let event_now = Event::external(event.clone(), data);
+        match self.ctx.rt.deliver_anywhere(&sid, event_now, key).await {
+            Ok(()) => {}
+            Err(ors_runtime::DeliveryFailure::Transient(why)) if Instant::now() < until => {
+                tracing::info!(interaction = %it.id, session = %sid, "{why}; delivering again shortly");
+                let at = Instant::now() + Duration::from_millis(200);
+                self.later(at, Pending { entry, it, until });
+            }
+            Err(e) => {
+                tracing::warn!(interaction = %it.id, session = %sid, error = %e, "delivering an interaction event failed; dropped")
+            }
         }
     }
 }

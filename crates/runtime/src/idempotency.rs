@@ -41,10 +41,12 @@ pub(crate) fn check(key: &str) -> Result<(), crate::RuntimeError> {
     )))
 }
 
-/// `BadRequest` for the key of an event between sessions (see `outbox.rs`).
+/// `BadRequest` unless `key` is a delivery's: reserved (it has a `#`, which no client's
+/// key has), as the keys of events between sessions (`<sender>#o...`, `outbox.rs`) and of
+/// interaction events from the feed (`feed#<entry>`) are.
 pub(crate) fn check_delivery(key: &str) -> Result<(), crate::RuntimeError> {
     let printable = key.bytes().all(|b| (0x21..0x7f).contains(&b));
-    if key.len() <= MAX_KEY_LEN && printable && key.contains("#o") {
+    if key.len() <= MAX_KEY_LEN && printable && key.contains('#') {
         return Ok(());
     }
     Err(crate::RuntimeError::BadRequest(

@@ -28,6 +28,7 @@ mod ownership;
 pub use moves::{
     ADOPT_PATH, AdoptAnswer, AdoptRequest, DRAIN_PATH, DrainReport, DrainRequest, RebalanceReport,
 };
+pub use outbox::Failure as DeliveryFailure;
 mod persist;
 mod quarantine;
 mod recovery;
@@ -888,6 +889,27 @@ impl Runtime {
     ) -> Result<(), RuntimeError> {
         idempotency::check_delivery(&key)?;
         self.event_with_key(sid, event, Some(key)).await
+    }
+
+    /// Delivers `event` to session `sid` wherever it runs: here, or POSTed to its node as
+    /// events between sessions are (`/deliver`), so a session that moves meanwhile still
+    /// gets it, once: `key` is a reserved delivery key (it has a `#`), recorded with the
+    /// macrostep that runs the event, and a second delivery with it does not run it again.
+    /// A [`DeliveryFailure::Transient`] is worth trying again.
+    pub async fn deliver_anywhere(
+        &self,
+        sid: &str,
+        event: Event,
+        key: String,
+    ) -> Result<(), DeliveryFailure> {
+        let here = matches!(self.shared.ownership.locate(sid), Some(Place::Here));
+        match here {
+            true => self
+                .deliver_event(sid, event, key)
+                .await
+                .map_err(|e| DeliveryFailure::of(&e)),
+            false => nodes::post(&self.shared, sid, &event, &key).await,
+        }
     }
 
     async fn event_with_key(

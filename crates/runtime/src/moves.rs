@@ -52,6 +52,8 @@ pub struct DrainReport {
     pub kept: Vec<(String, String)>,
     /// How many stay.
     pub kept_count: usize,
+    /// Sessions that ended before they could move.
+    pub ended: usize,
     /// How long it took.
     pub elapsed_ms: u64,
 }
@@ -62,6 +64,7 @@ impl DrainReport {
             *self.moved.entry(node).or_default() += n;
         }
         self.kept_count += other.kept_count;
+        self.ended += other.ended;
         let room = 100usize.saturating_sub(self.kept.len());
         self.kept.extend(other.kept.into_iter().take(room));
         self.elapsed_ms += other.elapsed_ms;
@@ -84,6 +87,9 @@ pub struct AdoptAnswer {
     pub adopted: Vec<String>,
     /// Not moved, with why.
     pub refused: Vec<(String, String)>,
+    /// Not moved: they no longer exist (they ended meanwhile).
+    #[serde(default)]
+    pub gone: Vec<String>,
 }
 
 /// Where the adopt request of a node's primary goes.
@@ -129,36 +135,22 @@ impl Runtime {
             .iter()
             .zip(per_target)
             .map(|((node, url), sids)| async move {
-                let mut moved = 0;
-                let mut kept = Vec::new();
+                let mut part = DrainReport::default();
                 for chunk in sids.chunks(CHUNK) {
-                    let (m, k) = self.move_chunk(node, url, chunk).await;
-                    moved += m;
-                    kept.extend(k);
+                    part.merge(self.move_chunk(node, url, chunk).await);
                 }
-                (node.clone(), moved, kept)
+                part
             });
-        for (node, moved, kept) in futures_util::future::join_all(runs).await {
-            if moved > 0 {
-                report.moved.insert(node, moved);
-            }
-            report.kept_count += kept.len();
-            let room = 100usize.saturating_sub(report.kept.len());
-            report.kept.extend(kept.into_iter().take(room));
+        for part in futures_util::future::join_all(runs).await {
+            report.merge(part);
         }
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(moved = ?report.moved, kept = report.kept_count, ms = report.elapsed_ms, "drain done");
         Ok(report)
     }
 
-    /// Steps 1-4 of the module's description for one chunk: how many moved, and the
-    /// sessions that stay with why.
-    async fn move_chunk(
-        &self,
-        node: &str,
-        url: &str,
-        chunk: &[String],
-    ) -> (usize, Vec<(String, String)>) {
+    /// Steps 1-4 of the module's description for one chunk, to `node`.
+    async fn move_chunk(&self, node: &str, url: &str, chunk: &[String]) -> DrainReport {
         let shared = &self.shared;
         shared.ownership.begin_moving(chunk);
         let mut kept = Vec::new();
@@ -174,21 +166,33 @@ impl Runtime {
             false => self.ask_adopt(url, &releasable).await,
         };
         let answer = answer.unwrap_or_else(|why| AdoptAnswer {
-            adopted: Vec::new(),
             refused: releasable
                 .iter()
                 .map(|s| (s.clone(), why.clone()))
                 .collect(),
+            ..AdoptAnswer::default()
         });
         for sid in &answer.adopted {
             shared.ownership.end_moving(sid, Some(node));
+        }
+        for sid in &answer.gone {
+            shared.ownership.end_moving(sid, None);
         }
         kept.extend(answer.refused);
         for (sid, why) in &kept {
             tracing::warn!(session = %sid, to = %node, "not moved: {why}");
             shared.ownership.end_moving(sid, None);
         }
-        (answer.adopted.len(), kept)
+        let mut part = DrainReport {
+            kept_count: kept.len(),
+            ended: answer.gone.len(),
+            kept,
+            ..DrainReport::default()
+        };
+        if !answer.adopted.is_empty() {
+            part.moved.insert(node.to_string(), answer.adopted.len());
+        }
+        part
     }
 
     /// Step 2: each worker drops its sessions of `sids` after its batch in flight.
@@ -265,13 +269,14 @@ impl Runtime {
             let me = me.clone();
             async move {
                 if crate::owner_node(&sid).is_none() {
-                    return (sid, Err("not a session id".to_string()));
+                    let e = ors_store::StoreError::Other("not a session id".into());
+                    return (sid, Err(e));
                 }
                 let r = shared.store.move_session(&sid, &me, fence).await;
                 if let Err(ors_store::StoreError::StaleFence { .. }) = &r {
                     shared.deposed(fence);
                 }
-                (sid, r.map_err(|e| e.to_string()))
+                (sid, r)
             }
         });
         let mut answer = AdoptAnswer::default();
@@ -286,7 +291,8 @@ impl Runtime {
                         .send_internal(&sid, Command::Adopt { sid: sid.clone() });
                     answer.adopted.push(sid);
                 }
-                Err(why) => answer.refused.push((sid, why)),
+                Err(ors_store::StoreError::NotFound(_)) => answer.gone.push(sid),
+                Err(e) => answer.refused.push((sid, e.to_string())),
             }
         }
         tracing::info!(from = %req.from, adopted = answer.adopted.len(), refused = answer.refused.len(), "adopted sessions");

@@ -100,7 +100,7 @@ impl Outgoing {
 
 /// When a delivery of an event failed: whether trying again can help.
 #[derive(Debug, Clone)]
-pub(crate) enum Failure {
+pub enum Failure {
     /// The receiver does not exist (or never will take it): tell the sender.
     Permanent(String),
     /// The receiver's node or session is unreachable or busy: try again later.
