@@ -33,6 +33,7 @@ const COUNTER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version=
 </scxml>"#;
 
 const TOKEN: &str = "t";
+const CONFIG: &str = "[sessions]\nlease_ttl_ms = 1000\n";
 const SESSIONS: usize = 2000;
 const CLIENTS: usize = 16;
 
@@ -103,7 +104,7 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
         dir.path(),
         &redis.url(),
         &[TOKEN],
-        "[sessions]\nlease_ttl_ms = 1000\n",
+        CONFIG,
         &[("counter.scxml", COUNTER)],
         3,
     );
@@ -275,6 +276,45 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
     assert_eq!(q["datamodel"]["ticks"], json!(1));
 }
 
+/// One more process, of `node` as `instance`, in the layout [`redis_nodes`] made in `dir`
+/// (its documents and tokens).
+fn serve_node(dir: &std::path::Path, redis_url: &str, node: &str, instance: &str) -> Server {
+    let tokens = dir.join("tokens");
+    Server::start(
+        &dir.join(format!("{node}-{instance}")),
+        &dir.join("docs"),
+        CONFIG,
+        &[
+            "--store",
+            "redis",
+            "--redis-url",
+            redis_url,
+            "--node-id",
+            node,
+            "--instance",
+            instance,
+            "--api-tokens-file",
+            tokens.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Waits until `url` lists `n` members.
+async fn until_members(c: &reqwest::Client, url: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = format!("{url}/cluster/members");
+        let (_, m, _) = call(c, reqwest::Method::GET, &list, None, &[])
+            .await
+            .unwrap();
+        if m["members"].as_array().unwrap().len() == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sessions of a node per the store's index, through any node.
 async fn count_on(c: &reqwest::Client, url: &str, node: &str) -> usize {
     let mut n = 0;
@@ -298,12 +338,11 @@ async fn count_on(c: &reqwest::Client, url: &str, node: &str) -> usize {
 async fn a_node_that_joins_gets_its_share_by_a_rebalance() {
     let redis = ors_testsupport::RedisServer::start(false);
     let dir = tempfile::tempdir().unwrap();
-    let config = "[sessions]\nlease_ttl_ms = 1000\n";
     let nodes = redis_nodes(
         dir.path(),
         &redis.url(),
         &[TOKEN],
-        config,
+        CONFIG,
         &[("counter.scxml", COUNTER)],
         2,
     );
@@ -322,40 +361,9 @@ async fn a_node_that_joins_gets_its_share_by_a_rebalance() {
     sids.extend(start_on(nodes[1].url.clone(), 100).await);
 
     // node3 joins.
-    let tokens = dir.path().join("tokens");
-    let node3 = Server::start(
-        &dir.path().join("3"),
-        &dir.path().join("docs"),
-        config,
-        &[
-            "--store",
-            "redis",
-            "--redis-url",
-            &redis.url(),
-            "--node-id",
-            "node3",
-            "--api-tokens-file",
-            tokens.to_str().unwrap(),
-        ],
-    );
+    let node3 = serve_node(dir.path(), &redis.url(), "node3", "a");
     node3.until_primary();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, m, _) = call(
-            &c,
-            reqwest::Method::GET,
-            &format!("{}/cluster/members", nodes[1].url),
-            None,
-            &[],
-        )
-        .await
-        .unwrap();
-        if m["members"].as_array().unwrap().len() == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node3 never joined: {m}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_members(&c, &nodes[1].url, 3).await;
 
     // Asked of node2 (any node), through the CLI.
     let report = ors_sessions_cli(&nodes[1].url, "rebalance").await;
@@ -383,5 +391,76 @@ async fn a_node_that_joins_gets_its_share_by_a_rebalance() {
             .await
             .unwrap();
         assert_eq!(status, 200, "{sid}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_moved_to_a_node_survive_its_primarys_kill_9() {
+    let redis = ors_testsupport::RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let docs = dir.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("counter.scxml"), COUNTER).unwrap();
+    std::fs::write(dir.path().join("tokens"), TOKEN).unwrap();
+    let serve = |node: &str, instance: &str| serve_node(dir.path(), &redis.url(), node, instance);
+    let node1 = serve("node1", "a");
+    node1.until_primary();
+    let mut node2a = serve("node2", "a");
+    node2a.until_primary();
+    let node2b = serve("node2", "b");
+    let c = bare_client();
+    // node1 must see node2 before it can drain to it.
+    until_members(&c, &node1.url, 3).await;
+    let sids: Vec<String> = futures_util::stream::iter(0..200)
+        .map(|_| start_with_token(&c, &node1.url, TOKEN, "counter.scxml"))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let report = ors_sessions_cli(&node1.url, "drain").await;
+    assert_eq!(report["moved"], json!({"node2": 200}), "{report}");
+
+    // node2's primary dies; its backup takes the node over, the moved sessions with it.
+    node2a.kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for sid in &sids {
+        let url = format!("{}/scxml/session/{sid}/event/inc", node1.url);
+        loop {
+            let answer = call(
+                &c,
+                reqwest::Method::POST,
+                &url,
+                Some("once"),
+                &[("peer", sid)],
+            )
+            .await;
+            match answer {
+                Ok((200, _, hops)) => {
+                    assert!(hops.last().unwrap().starts_with(&node2b.url), "{hops:?}");
+                    break;
+                }
+                other => {
+                    assert!(Instant::now() < deadline, "{sid}: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    // Each ran its event once, got its own ping, and its timer fires once, on node2b.
+    for sid in &sids {
+        let url = format!("{}/scxml/session/{sid}/query", node2b.url);
+        loop {
+            let (status, q, _) = call(&c, reqwest::Method::GET, &url, None, &[])
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{sid}: {q}");
+            let dm = &q["datamodel"];
+            assert_eq!(dm["n"], json!(1), "{sid}");
+            let done = dm["ticks"] == json!(1) && dm["pings"] == json!(1);
+            if done {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{sid}: {dm}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }

@@ -318,14 +318,19 @@ impl Shared {
             Some(Place::Moving) => return Ok(Whereabouts::Moving),
             Some(Place::Node(node)) => node,
         };
-        if let Some(url) = self.node_url(&node).await? {
+        // Right after a takeover, the sessions moved to this node are known only once
+        // the node's index has been listed: until then the record decides, or a request
+        // for one would go to the node its id names and be sent back here.
+        let recovering = self.recovery.pending() > 0;
+        if !recovering && let Some(url) = self.node_url(&node).await? {
             return Ok(Whereabouts::Node {
                 node,
                 url: Some(url),
             });
         }
         let Some(rec) = self.store.read_session(sid).await? else {
-            return Ok(Whereabouts::Node { node, url: None });
+            let url = self.node_url(&node).await?;
+            return Ok(Whereabouts::Node { node, url });
         };
         self.ownership.learn(sid, &rec.node);
         if rec.node == self.cfg.node_id {
