@@ -35,7 +35,8 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InteractionsSection {
-    /// The Redis holding the interaction feed (unset: no feed).
+    /// The Redis holding the interaction feed (unset: no feed); a Redis Cluster as
+    /// `redis-cluster://host:port?node=host:port&node=...`.
     pub redis_url: Option<String>,
     /// The feed's stream key (default `ors:interactions`).
     pub stream: Option<String>,

@@ -498,3 +498,54 @@ async fn later_events_reach_sessions_that_a_drain_moves() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_can_live_on_a_redis_cluster() {
+    const N: usize = 300;
+    let store = ors_testsupport::RedisServer::start(false);
+    let feed_cluster = ors_testsupport::RedisCluster::start();
+    // fred's URL of a cluster: one node, and the others as `node=` parameters.
+    let urls = feed_cluster.urls();
+    let others: Vec<String> = urls[1..]
+        .iter()
+        .map(|u| format!("node={}", u.trim_start_matches("redis://")))
+        .collect();
+    let feed_url = format!(
+        "redis-cluster://{}?{}",
+        urls[0].trim_start_matches("redis://"),
+        others.join("&")
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = redis_nodes(
+        tmp.path(),
+        &store.url(),
+        &[TOKEN],
+        &config(&feed_url, 1_000),
+        &[("call.scxml", CALL)],
+        3,
+    );
+    let urls: Vec<String> = nodes.iter().map(|s| s.url.clone()).collect();
+    let c = client();
+    let ids: Vec<String> = (0..N).map(|i| format!("clustered-{i}")).collect();
+    feed(&c, &urls, &ids).await;
+    until_sessions(&c, &urls[0], N, 60).await;
+    // And the pull queue, a consumer group on the cluster.
+    let pulled: Vec<String> = (0..100).map(|i| format!("pulled-{i}")).collect();
+    for (i, id) in pulled.iter().enumerate() {
+        let body = json!({ "id": id, "src": "call.scxml", "mode": "pull" });
+        let r = c
+            .post(format!("{}/interactions", urls[i % 3]))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    until_sessions(&c, &urls[0], N + pulled.len(), 60).await;
+    let mut all = ids.clone();
+    all.extend(pulled);
+    let by_interaction = sessions_of(&c, &urls[1], &all).await;
+    let distinct: HashSet<&String> = by_interaction.values().collect();
+    assert_eq!(distinct.len(), all.len(), "one session per interaction");
+}

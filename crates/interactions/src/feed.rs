@@ -101,7 +101,8 @@ async fn connect(url: &str) -> Result<Client, FeedError> {
 }
 
 impl Feed {
-    /// Connects to the stream `key` at `url` (`redis://host:port`).
+    /// Connects to the stream `key` at `url`: `redis://host:port`, or a Redis Cluster as
+    /// `redis-cluster://host:port?node=host:port&node=...` (each command names one key).
     pub async fn connect(url: &str, key: &str) -> Result<Feed, FeedError> {
         Ok(Feed {
             reader: connect(url).await?,
