@@ -537,6 +537,9 @@ impl Worker {
                 let _ = r.send(Err(e.clone()));
             }
         }
+        // Before the answers: a client that starts another session once its start is
+        // answered must find this one counted against the session limit.
+        self.shared.workers.set_live(self.me, self.host.len());
         for (sid, r) in batch.acks {
             let _ = r.send(match failed.get(&sid) {
                 Some(e) => Err(e.clone()),
@@ -602,6 +605,5 @@ impl Worker {
                 .watchers
                 .changed(watched.iter().map(String::as_str));
         }
-        self.shared.workers.set_live(self.me, self.host.len());
     }
 }
