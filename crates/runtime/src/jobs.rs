@@ -43,7 +43,8 @@ fn gone_is_done(r: Result<(), RuntimeError>) -> Result<(), FireError> {
 
 #[async_trait]
 impl Fire for JobRunner {
-    /// Only the node's primary fires its jobs; jobs of other nodes are theirs.
+    /// Only the node's primary fires its jobs: those of the sessions it runs (moved here
+    /// ones too: `ownership.rs`); jobs of other nodes' sessions are theirs.
     fn owns(&self, job: &Job) -> bool {
         let shared = &self.runtime.shared;
         shared.is_primary() && shared.ownership.is_here(job.session())
