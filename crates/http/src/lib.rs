@@ -553,18 +553,19 @@ async fn route(
         return next.run(req).await;
     };
     let uri = req.uri().clone();
-    match s.rt.whereabouts(&sid).await {
-        // Malformed: the handler says 404.
+    let place = match s.rt.whereabouts(&sid).await {
         Ok(Whereabouts::Here) | Err(RuntimeError::NotFound(_)) => {
+            // Malformed ids too: the handler says 404.
             let resp = next.run(req).await;
-            match resp.extensions().get::<Relocated>() {
-                Some(_) => redirect_to_session(&s, &sid, &uri).await,
-                None => resp,
+            if resp.extensions().get::<Relocated>().is_none() {
+                return resp;
             }
+            // The handler found it gone from here, and this process learned where.
+            s.rt.whereabouts(&sid).await
         }
-        Ok(_) => redirect_to_session(&s, &sid, &uri).await,
-        Err(e) => runtime_error(e),
-    }
+        place => place,
+    };
+    redirect_to_session(&s, &sid, &uri, place)
 }
 
 /// Marks an answer whose session runs on another node (`RuntimeError::WrongNode`): the
@@ -572,10 +573,15 @@ async fn route(
 #[derive(Clone, Copy)]
 struct Relocated;
 
-/// `307` to the node that runs `sid`, `503` while it moves or when its node has no
-/// primary.
-async fn redirect_to_session(s: &AppInner, sid: &str, uri: &Uri) -> Response {
-    match s.rt.whereabouts(sid).await {
+/// `307` to the node that runs `sid` (`place`), `503` while it moves or when its node has
+/// no primary.
+fn redirect_to_session(
+    s: &AppInner,
+    sid: &str,
+    uri: &Uri,
+    place: Result<Whereabouts, RuntimeError>,
+) -> Response {
+    match place {
         Ok(Whereabouts::Node {
             node,
             url: Some(url),
@@ -588,9 +594,10 @@ async fn redirect_to_session(s: &AppInner, sid: &str, uri: &Uri) -> Response {
             format!("session {sid} is owned by node {node}, which has no primary now"),
             None,
         ),
-        Ok(Whereabouts::Moving) => runtime_error(RuntimeError::Moving(sid.into())),
-        // Moved back here meanwhile: the client's retry is served.
-        Ok(Whereabouts::Here) => runtime_error(RuntimeError::Moving(sid.into())),
+        // Moving, or moved back here meanwhile: the client's retry is served.
+        Ok(Whereabouts::Moving | Whereabouts::Here) => {
+            runtime_error(RuntimeError::Moving(sid.into()))
+        }
         Err(e) => runtime_error(e),
     }
 }

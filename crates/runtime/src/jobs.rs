@@ -109,14 +109,10 @@ impl JobRunner {
             ))));
             return Ok(());
         }
-        let result = if shared.ownership.is_here(&d.to) {
-            self.runtime
-                .deliver_event(&d.to, event, d.key.clone())
-                .await
-                .map_err(|e| Failure::of(&e))
-        } else {
-            crate::nodes::post(shared, &d.to, &event, &d.key).await
-        };
+        let result = self
+            .runtime
+            .deliver_anywhere(&d.to, event, d.key.clone())
+            .await;
         match result {
             Ok(()) => {
                 tell(Ok(()));

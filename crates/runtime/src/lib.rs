@@ -907,8 +907,7 @@ impl Runtime {
         event: Event,
         key: String,
     ) -> Result<(), DeliveryFailure> {
-        let here = matches!(self.shared.ownership.locate(sid), Some(Place::Here));
-        match here {
+        match self.shared.ownership.is_here(sid) {
             true => self
                 .deliver_event(sid, event, key)
                 .await

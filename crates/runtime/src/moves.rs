@@ -33,7 +33,7 @@ use crate::{Runtime, RuntimeError};
 const CHUNK: usize = 512;
 
 /// What `POST /cluster/drain` asks for.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DrainRequest {
     /// The nodes to move sessions to; empty: every other node with a primary.
     #[serde(default)]
@@ -208,13 +208,14 @@ impl Runtime {
         let mut waits = Vec::new();
         for (_, group) in by_worker {
             let (reply, answer) = oneshot::channel();
-            let first = group[0].clone();
-            let kept: Vec<(String, Result<(), String>)> = group
-                .iter()
-                .map(|s| (s.clone(), Err("this process is shutting down".to_string())))
-                .collect();
-            workers.send_internal(&first, Command::Release { sids: group, reply });
-            waits.push(async move { answer.await.unwrap_or(kept) });
+            let ids = group.clone();
+            workers.send_internal(&ids[0], Command::Release { sids: group, reply });
+            waits.push(async move {
+                answer.await.unwrap_or_else(|_| {
+                    let gone = || Err("this process is shutting down".to_string());
+                    ids.into_iter().map(|s| (s, gone())).collect()
+                })
+            });
         }
         futures_util::future::join_all(waits)
             .await
@@ -382,8 +383,7 @@ impl Runtime {
 
     /// `POST /cluster/drain` to another node's primary.
     async fn ask_drain(&self, url: &str, req: &DrainRequest) -> Result<DrainReport, RuntimeError> {
-        let body = serde_json::json!({ "to": req.to, "limit": req.limit });
-        self.post_peer(url, DRAIN_PATH, &body)
+        self.post_peer(url, DRAIN_PATH, req)
             .await
             .map_err(RuntimeError::Store)
     }

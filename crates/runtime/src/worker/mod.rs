@@ -278,6 +278,7 @@ impl Worker {
                     (sid, r)
                 })
                 .collect();
+            self.shared.workers.set_live(self.me, self.host.len());
             let _ = reply.send(answers);
         }
         if evict {
@@ -305,7 +306,6 @@ impl Worker {
                 return Err("it is part of an invoke tree (a parent or a child)".into());
             }
             self.host.remove(sid);
-            self.shared.workers.set_live(self.me, self.host.len());
         }
         Ok(())
     }
