@@ -37,16 +37,6 @@ const CONFIG: &str = "[sessions]\nlease_ttl_ms = 1000\n";
 const SESSIONS: usize = 2000;
 const CLIENTS: usize = 16;
 
-/// A client that follows no redirect itself: the token must go along to the next node.
-fn bare_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
 /// One call, following `307`s (with the token); the final status, its body, and the
 /// redirects taken.
 async fn call(
@@ -108,7 +98,8 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
         &[("counter.scxml", COUNTER)],
         3,
     );
-    let c = bare_client();
+    // Redirects are followed by `call`, so that the token goes along to the next node.
+    let c = no_redirects(Duration::from_secs(30));
     let node1 = nodes[0].url.clone();
     let sids: Vec<String> = futures_util::stream::iter(0..SESSIONS)
         .map(|_| start_with_token(&c, &node1, TOKEN, "counter.scxml"))
@@ -124,15 +115,28 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
     let acked: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
     let owed: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
     let retries = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    // Waits until the clients have had `n` events acknowledged in all.
+    let until_answered = |n: usize| {
+        let answered = answered.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while answered.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     let mut clients = Vec::new();
     for w in 0..CLIENTS {
-        let (c, sids, stop, acked, owed, retries, node1) = (
+        let (c, sids, stop, acked, owed, retries, answered, node1) = (
             c.clone(),
             sids.clone(),
             stop.clone(),
             acked.clone(),
             owed.clone(),
             retries.clone(),
+            answered.clone(),
             node1.clone(),
         );
         clients.push(tokio::spawn(async move {
@@ -155,11 +159,13 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
                 }
                 *acked.lock().unwrap().entry(sid.clone()).or_default() += 1;
                 *owed.lock().unwrap().entry(peer.clone()).or_default() += 1;
+                answered.fetch_add(1, Ordering::Relaxed);
                 i += CLIENTS;
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The load runs before, during and after the drain.
+    until_answered(250).await;
 
     // The drain, through the CLI (`POST /cluster/drain`).
     let report = ors_sessions_cli(&node1, "drain").await;
@@ -177,7 +183,7 @@ async fn a_drained_nodes_sessions_move_under_load_with_their_events_and_timers()
             "both other nodes take some: {report}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_answered(answered.load(Ordering::Relaxed) + 250).await;
     stop.store(true, Ordering::Relaxed);
     for t in clients {
         t.await.unwrap();
@@ -346,7 +352,8 @@ async fn a_node_that_joins_gets_its_share_by_a_rebalance() {
         &[("counter.scxml", COUNTER)],
         2,
     );
-    let c = bare_client();
+    // Redirects are followed by `call`, so that the token goes along to the next node.
+    let c = no_redirects(Duration::from_secs(30));
     let start_on = |url: String, n: usize| {
         let c = c.clone();
         async move {
@@ -408,7 +415,8 @@ async fn sessions_moved_to_a_node_survive_its_primarys_kill_9() {
     let mut node2a = serve("node2", "a");
     node2a.until_primary();
     let node2b = serve("node2", "b");
-    let c = bare_client();
+    // Redirects are followed by `call`, so that the token goes along to the next node.
+    let c = no_redirects(Duration::from_secs(30));
     // node1 must see node2 before it can drain to it.
     until_members(&c, &node1.url, 3).await;
     let sids: Vec<String> = futures_util::stream::iter(0..200)

@@ -24,15 +24,6 @@ const COUNTER: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" version=
 
 const CONFIG: &str = "[sessions]\nlease_ttl_ms = 1000\n";
 
-fn no_redirects() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 /// `(node, instance, role, data center)` of every member `s` lists, in order.
 async fn members(c: &reqwest::Client, s: &Server) -> Vec<(String, String, String, String)> {
     let (st, body) = get(c, &format!("{}/cluster/members", s.url)).await;
@@ -145,7 +136,7 @@ async fn a_backup_redirects_and_takes_over_after_kill_9() {
     let rig = Rig::new(&[("counter.scxml", COUNTER)]);
     let mut a = rig.serve("a", CONFIG, &["--instance", "a"]);
     let b = rig.serve("b", CONFIG, &["--instance", "b"]);
-    let c = no_redirects();
+    let c = no_redirects(Duration::from_secs(10));
 
     // Roles: the first process is the primary, the second its backup; both are listed
     // in the membership, which either answers.
@@ -233,7 +224,7 @@ async fn a_graceful_stop_hands_the_node_over_at_once() {
     let config = "[sessions]\nlease_ttl_ms = 30000\n";
     let mut a = rig.serve("a", config, &["--instance", "a"]);
     let b = rig.serve("b", config, &["--instance", "b"]);
-    let c = no_redirects();
+    let c = no_redirects(Duration::from_secs(10));
     let sid = start(&c, &a, "counter.scxml", &[]).await;
     post(&c, &format!("{}/scxml/session/{sid}/event/inc", a.url), &[]).await;
     assert!(a.sigterm().success());
@@ -248,7 +239,7 @@ async fn requests_for_another_nodes_session_are_redirected_to_that_node() {
     let rig = Rig::new(&[("counter.scxml", COUNTER)]);
     let one = rig.serve("1", CONFIG, &["--node-id", "node1"]);
     let two = rig.serve("2", CONFIG, &["--node-id", "node2", "--data-center", "dc2"]);
-    let c = no_redirects();
+    let c = no_redirects(Duration::from_secs(10));
     // Each node finds the other in the membership.
     until_members(
         &c,
@@ -309,7 +300,7 @@ async fn a_paused_primary_is_replaced_and_never_acknowledges_after_it() {
     let rig = Rig::new(&[("counter.scxml", COUNTER), ("plain.scxml", &plain)]);
     let a = rig.serve("a", CONFIG, &["--instance", "a"]);
     let b = rig.serve("b", CONFIG, &["--instance", "b"]);
-    let c = no_redirects();
+    let c = no_redirects(Duration::from_secs(10));
     let sid = start(&c, &a, "counter.scxml", &[]).await;
     let quiet = start(&c, &a, "plain.scxml", &[]).await;
     assert_eq!(
@@ -381,7 +372,7 @@ async fn a_paused_primary_is_replaced_and_never_acknowledges_after_it() {
 async fn the_node_rides_out_a_store_outage() {
     let rig = Rig::new(&[("counter.scxml", COUNTER)]);
     let a = rig.serve("a", CONFIG, &["--instance", "a"]);
-    let c = no_redirects();
+    let c = no_redirects(Duration::from_secs(10));
     let sid = start(&c, &a, "counter.scxml", &[]).await;
     assert_eq!(
         post(&c, &format!("{}/scxml/session/{sid}/event/inc", a.url), &[])
@@ -431,7 +422,7 @@ async fn a_killed_primary_is_replaced_before_its_lease_expires() {
     let config = "[sessions]\nlease_ttl_ms = 30000\n";
     let mut a = rig.serve("a", config, &["--instance", "a"]);
     let b = rig.serve("b", config, &["--instance", "b"]);
-    let c = no_redirects();
+    let c = no_redirects(Duration::from_secs(10));
     let sid = start(&c, &a, "counter.scxml", &[]).await;
     for _ in 0..4 {
         assert_eq!(
@@ -479,7 +470,7 @@ async fn sessions_of_different_nodes_send_each_other_events() {
     let rig = Rig::new(&[("pinger.scxml", PINGER), ("ponger.scxml", PONGER)]);
     let one = rig.serve("1", CONFIG, &["--node-id", "node1"]);
     let two = rig.serve("2", CONFIG, &["--node-id", "node2"]);
-    let c = no_redirects();
+    let c = no_redirects(Duration::from_secs(10));
     let ponger = start(&c, &two, "ponger.scxml", &[]).await;
     let pinger = start(&c, &one, "pinger.scxml", &[("peer", &ponger)]).await;
     wait_for(&c, &one, &pinger, 10, |_, q| q["datamodel"]["pongs"] == 1).await;
@@ -561,7 +552,7 @@ async fn a_primary_cut_from_the_store_steps_down_and_its_backup_takes_over() {
     let through = format!("redis://127.0.0.1:{}", proxy.port);
     let a = rig.serve_via(&through, "a", CONFIG, &["--instance", "a"]);
     let b = rig.serve("b", CONFIG, &["--instance", "b"]);
-    let c = no_redirects();
+    let c = no_redirects(Duration::from_secs(10));
     let sid = start(&c, &a, "counter.scxml", &[]).await;
     for _ in 0..3 {
         assert_eq!(
@@ -643,7 +634,7 @@ async fn a_hot_standby_takes_over_from_memory_and_reads_only_what_it_missed() {
     let rig = Rig::new(&[("counter.scxml", COUNTER)]);
     let hot = format!("{CONFIG}hot_standby = true\n");
     let mut a = rig.serve("a", &hot, &["--instance", "a"]);
-    let c = no_redirects();
+    let c = no_redirects(Duration::from_secs(10));
     let mut sids = Vec::new();
     for _ in 0..10 {
         sids.push(start(&c, &a, "counter.scxml", &[]).await);
@@ -731,7 +722,7 @@ async fn a_cluster_that_requires_tokens_still_talks_to_itself() {
         &[&auth[..], &["--node-id", "node2", "--instance", "b"]].concat(),
     );
     // Nobody else gets in: no token, a wrong one; the heartbeat stays open.
-    let anonymous = no_redirects();
+    let anonymous = no_redirects(Duration::from_secs(10));
     let (st, _) = post(
         &anonymous,
         &format!("{}/scxml/session/start", one.url),

@@ -205,16 +205,7 @@ async fn every_fed_interaction_gets_exactly_one_session_spread_evenly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_assigned_nodes_interactions_go_to_their_reserved_nodes_once() {
     const N: usize = 300;
-    let redis = ors_testsupport::RedisServer::start(false);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = redis_nodes(
-        tmp.path(),
-        &redis.url(),
-        &[TOKEN],
-        &config(&redis.url(), 1_000),
-        &[("call.scxml", CALL)],
-        3,
-    );
+    let (_redis, _tmp, mut nodes, _) = three_nodes(1_000);
     let c = client();
     // Every node has read the feed's position before node2 dies.
     let warm: Vec<String> = vec!["warm-up".into()];
@@ -393,16 +384,7 @@ fn redis_cli(url: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_assigned_node_resumes_without_creating_a_second_session() {
     const N: usize = 200;
-    let redis = ors_testsupport::RedisServer::start(false);
-    let tmp = tempfile::tempdir().unwrap();
-    let nodes = redis_nodes(
-        tmp.path(),
-        &redis.url(),
-        &[TOKEN],
-        &config(&redis.url(), 1_000),
-        &[("call.scxml", CALL)],
-        3,
-    );
+    let (redis, _tmp, nodes, _) = three_nodes(1_000);
     let c = client();
     let warm: Vec<String> = vec!["warm-up".into()];
     feed(&c, &[nodes[0].url.clone()], &warm).await;

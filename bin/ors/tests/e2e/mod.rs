@@ -243,6 +243,17 @@ pub fn redis_nodes(
     servers
 }
 
+/// A client that follows no redirect itself (to see the `307`s, or so that a token goes
+/// along to the next node), giving up on a request after `timeout`.
+pub fn no_redirects(timeout: Duration) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .build()
+        .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
